@@ -1,0 +1,3 @@
+module github.com/streamhouse/streamhouse/test
+
+go 1.26.8
