@@ -1,0 +1,229 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	"connectrpc.com/connect"
+
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/controller/fsm"
+)
+
+// Lock order: fsm's lock before Node.mu (DescribeTopic reads progress inside
+// an FSM read). Never take the FSM lock while holding Node.mu.
+
+func msTime(ms int64) time.Time { return time.UnixMilli(ms) }
+
+func (n *Node) reportedWALEnd(topic string, partition int32) int64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.progress[partKey{topic, partition}]
+}
+
+// Controller returns the node's ControllerService implementation.
+func (n *Node) Controller() streamhousev1connect.ControllerServiceHandler { return controllerService{n} }
+
+type controllerService struct{ n *Node }
+
+// Heartbeat registers the agent, renews its leases and grants it free
+// partitions when it is the least loaded live agent.
+func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v1.HeartbeatRequest]) (*connect.Response[v1.HeartbeatResponse], error) {
+	m := req.Msg
+	if m.GetAgentId() == "" || m.GetIncarnation() == "" {
+		return nil, invalid("heartbeat needs agent_id and incarnation")
+	}
+	n := c.n
+	now := n.cfg.Now()
+	n.mu.Lock()
+	n.live[m.GetAgentId()] = now
+	for _, p := range m.GetProgress() {
+		n.progress[partKey{p.GetTopic(), p.GetPartition()}] = p.GetWalEndOffset()
+	}
+	live := map[string]bool{}
+	for id, seen := range n.live {
+		if now.Sub(seen) < n.cfg.LeaseDuration {
+			live[id] = true
+		} else {
+			delete(n.live, id)
+		}
+	}
+	n.mu.Unlock()
+
+	grant := fsm.GrantLeases{
+		AgentID: m.GetAgentId(), Incarnation: m.GetIncarnation(), Address: m.GetAddress(), Zone: m.GetZone(),
+		NowMs: now.UnixMilli(), ExpiresMs: now.Add(n.cfg.LeaseDuration).UnixMilli(),
+	}
+	n.fsm.Read(func(s *fsm.State) { grant.Partitions = planGrants(s, m.GetAgentId(), live, grant.NowMs) })
+	res, err := n.apply(ctx, fsm.GrantLeasesType, grant)
+	if err == nil {
+		err, _ = res.(error)
+	}
+	if err != nil {
+		return nil, applyError("grant leases", err)
+	}
+	out := &v1.HeartbeatResponse{LeaseDurationMs: n.cfg.LeaseDuration.Milliseconds()}
+	n.fsm.Read(func(s *fsm.State) {
+		for _, name := range s.TopicNames() {
+			t := s.Topics[name]
+			for i, p := range t.Partitions {
+				if p.Holder != m.GetAgentId() || p.Incarnation != m.GetIncarnation() {
+					continue
+				}
+				out.Leases = append(out.Leases, &v1.Lease{
+					Topic: topicInfo(t), Partition: int32(i), Epoch: p.Epoch,
+					CommittedEndOffset: p.CommittedEnd, StartOffset: p.StartOffset,
+				})
+			}
+		}
+	})
+	return connect.NewResponse(out), nil
+}
+
+// planGrants lists the partitions agent should hold after this heartbeat:
+// those it holds already (renewal, or re-grant after its restart), and free or
+// lapsed ones when it is the least loaded live agent at that moment.
+func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) []fsm.PartitionRef {
+	load := map[string]int{}
+	for id := range live {
+		load[id] = 0
+	}
+	load[agent] = 0
+	for _, t := range s.Topics {
+		for _, p := range t.Partitions {
+			if p.LeaseValid(nowMs) {
+				load[p.Holder]++
+			}
+		}
+	}
+	ids := make([]string, 0, len(load))
+	for id := range load {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	var refs []fsm.PartitionRef
+	for _, name := range s.TopicNames() {
+		for i, p := range s.Topics[name].Partitions {
+			ref := fsm.PartitionRef{Topic: name, Partition: int32(i)}
+			if p.Holder == agent {
+				refs = append(refs, ref)
+				continue
+			}
+			if p.LeaseValid(nowMs) {
+				continue
+			}
+			least := ids[0]
+			for _, id := range ids[1:] {
+				if load[id] < load[least] {
+					least = id
+				}
+			}
+			if least == agent {
+				refs = append(refs, ref)
+			}
+			load[least]++
+		}
+	}
+	return refs
+}
+
+func (c controllerService) CommitObject(ctx context.Context, req *connect.Request[v1.CommitObjectRequest]) (*connect.Response[v1.CommitObjectResponse], error) {
+	m := req.Msg
+	if m.GetAgentId() == "" || m.GetObjectKey() == "" || len(m.GetSections()) == 0 {
+		return nil, invalid("commit needs agent_id, object_key and at least one section")
+	}
+	cmd := fsm.CommitObject{AgentID: m.GetAgentId(), Key: m.GetObjectKey()}
+	for _, s := range m.GetSections() {
+		if s.GetEndOffset() <= s.GetBaseOffset() || s.GetPosition() < 0 || s.GetLength() <= 0 ||
+			s.GetPosition()+s.GetLength() > m.GetObjectSize() {
+			return nil, invalid("section %s/%d [%d, %d) at %d+%d does not fit object %s of %d bytes",
+				s.GetTopic(), s.GetPartition(), s.GetBaseOffset(), s.GetEndOffset(), s.GetPosition(), s.GetLength(),
+				m.GetObjectKey(), m.GetObjectSize())
+		}
+		cmd.Sections = append(cmd.Sections, fsm.CommitSection{Topic: s.GetTopic(), Partition: s.GetPartition(), Section: fsm.Section{
+			Epoch: s.GetEpoch(), BaseOffset: s.GetBaseOffset(), EndOffset: s.GetEndOffset(),
+			Position: s.GetPosition(), Length: s.GetLength(), MaxTimestampMs: s.GetMaxTimestampMs(),
+		}})
+	}
+	res, err := c.n.apply(ctx, fsm.CommitObjectType, cmd)
+	if err != nil {
+		return nil, applyError("commit object", err)
+	}
+	results, ok := res.([]fsm.SectionResult)
+	if !ok {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("commit object: unexpected FSM result %T", res))
+	}
+	out := &v1.CommitObjectResponse{}
+	for i, r := range results {
+		s := m.GetSections()[i]
+		out.Results = append(out.Results, &v1.SectionResult{
+			Topic: s.GetTopic(), Partition: s.GetPartition(), Committed: r.Committed,
+			CommittedEndOffset: r.CommittedEnd, Error: r.Error, Fenced: r.Fenced,
+		})
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (c controllerService) LookupObjects(ctx context.Context, req *connect.Request[v1.LookupObjectsRequest]) (*connect.Response[v1.LookupObjectsResponse], error) {
+	m := req.Msg
+	limit := int(m.GetMaxSections())
+	if limit <= 0 {
+		limit = 16
+	}
+	var out *v1.LookupObjectsResponse
+	var err error
+	c.n.fsm.Read(func(s *fsm.State) {
+		t, ok := s.Topics[m.GetTopic()]
+		if !ok {
+			err = connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q does not exist", m.GetTopic()))
+			return
+		}
+		if m.GetPartition() < 0 || int(m.GetPartition()) >= len(t.Partitions) {
+			err = invalid("partition %d is out of range: topic %q has partitions 0 to %d", m.GetPartition(), t.Name, len(t.Partitions)-1)
+			return
+		}
+		p := t.Partitions[m.GetPartition()]
+		out = &v1.LookupObjectsResponse{StartOffset: p.StartOffset, CommittedEndOffset: p.CommittedEnd}
+		for _, sec := range p.Lookup(m.GetOffset(), limit) {
+			out.Sections = append(out.Sections, &v1.ObjectSection{
+				Topic: t.Name, Partition: m.GetPartition(), Epoch: sec.Epoch, BaseOffset: sec.BaseOffset,
+				EndOffset: sec.EndOffset, Position: sec.Position, Length: sec.Length,
+				MaxTimestampMs: sec.MaxTimestampMs, ObjectKey: sec.Key,
+			})
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (c controllerService) GetRoutes(ctx context.Context, req *connect.Request[v1.GetRoutesRequest]) (*connect.Response[v1.GetRoutesResponse], error) {
+	now := c.n.cfg.Now().UnixMilli()
+	var out *v1.GetRoutesResponse
+	c.n.fsm.Read(func(s *fsm.State) {
+		t, ok := s.Topics[req.Msg.GetTopic()]
+		if !ok {
+			return
+		}
+		out = &v1.GetRoutesResponse{Topic: topicInfo(t)}
+		for i, p := range t.Partitions {
+			r := &v1.PartitionRoute{Partition: int32(i)}
+			if p.LeaseValid(now) {
+				r.AgentId, r.Epoch = p.Holder, p.Epoch
+				if ag, ok := s.Agents[p.Holder]; ok {
+					r.Address = ag.Address
+				}
+			}
+			out.Routes = append(out.Routes, r)
+		}
+	})
+	if out == nil {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q does not exist", req.Msg.GetTopic()))
+	}
+	return connect.NewResponse(out), nil
+}
+
