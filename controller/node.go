@@ -21,6 +21,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/metadb"
 
 	"github.com/streamhouse/streamhouse/controller/fsm"
 )
@@ -69,6 +70,7 @@ type Node struct {
 	fsm   *fsm.FSM
 	raft  *raft.Raft
 	logs  *raftwal.WAL
+	meta  *metadb.BoltMetaDB
 	trans *raft.InmemTransport
 
 	// progress holds the WAL end offsets agents report in heartbeats; it is
@@ -111,7 +113,10 @@ func (n *Node) startRaft() error {
 		return fmt.Errorf("create raft dir: %w", err)
 	}
 	hlog := hclog.New(&hclog.LoggerOptions{Name: "raft", Level: hclog.Warn, Output: os.Stderr})
-	logs, err := raftwal.Open(filepath.Join(raftDir, "wal"), raftwal.WithLogger(hlog))
+	// raft-wal's Close leaves its metadata DB open (and flock'ed), so we own
+	// the DB and close it ourselves; otherwise a reopen in the same process hangs.
+	n.meta = &metadb.BoltMetaDB{}
+	logs, err := raftwal.Open(filepath.Join(raftDir, "wal"), raftwal.WithLogger(hlog), raftwal.WithMetaStore(n.meta))
 	if err != nil {
 		return fmt.Errorf("open raft log %s: %w", raftDir, err)
 	}
@@ -210,6 +215,9 @@ func (n *Node) Close() error {
 		}
 		if n.logs != nil {
 			errs = append(errs, n.logs.Close())
+		}
+		if n.meta != nil {
+			errs = append(errs, n.meta.Close())
 		}
 		n.closeErr = errors.Join(errs...)
 	})
