@@ -150,6 +150,11 @@ func (a adminService) CreateTopic(ctx context.Context, req *connect.Request[v1.C
 		return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("topic %q was deleted while it was being created", req.Msg.GetName()))
 	}
 	a.n.log.Info("created topic", "topic", info.Name, "partitions", info.Partitions, "durability", info.Durability.String())
+	// Hand the new partitions to live agents now rather than at their next
+	// heartbeat, so a produce right after CreateTopic finds a holder.
+	if err := a.n.assignFree(ctx); err != nil {
+		a.n.log.Warn("assign new partitions; agents pick them up at their next heartbeat", "err", err)
+	}
 	return connect.NewResponse(&v1.CreateTopicResponse{Topic: info}), nil
 }
 

@@ -83,6 +83,51 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	return connect.NewResponse(out), nil
 }
 
+// assignFree grants free partitions to live agents at once (each agent
+// learns of them at its next heartbeat or when asked for one of them).
+func (n *Node) assignFree(ctx context.Context) error {
+	now := n.cfg.Now()
+	n.mu.Lock()
+	live := map[string]bool{}
+	for id, seen := range n.live {
+		if now.Sub(seen) < n.cfg.LeaseDuration {
+			live[id] = true
+		}
+	}
+	n.mu.Unlock()
+	ids := make([]string, 0, len(live))
+	for id := range live {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		var grant *fsm.GrantLeases
+		n.fsm.Read(func(s *fsm.State) {
+			ag, ok := s.Agents[id]
+			if !ok {
+				return
+			}
+			g := fsm.GrantLeases{AgentID: id, Incarnation: ag.Incarnation, Address: ag.Address, Zone: ag.Zone,
+				NowMs: now.UnixMilli(), ExpiresMs: now.Add(n.cfg.LeaseDuration).UnixMilli()}
+			for _, ref := range planGrants(s, id, live, g.NowMs) {
+				if s.Topics[ref.Topic].Partitions[ref.Partition].Holder != id {
+					g.Partitions = append(g.Partitions, ref)
+				}
+			}
+			if len(g.Partitions) > 0 {
+				grant = &g
+			}
+		})
+		if grant == nil {
+			continue
+		}
+		if _, err := n.apply(ctx, fsm.GrantLeasesType, *grant); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // planGrants lists the partitions agent should hold after this heartbeat:
 // those it holds already (renewal, or re-grant after its restart), and free or
 // lapsed ones when it is the least loaded live agent at that moment.

@@ -1,0 +1,262 @@
+// Package agent is StreamHouse's data plane: it holds partition leases from
+// the controller, appends record batches to its write-ahead log (package
+// wal), uploads one object per flush holding every partition's new batches,
+// commits the object's sections to the controller with the lease epochs, and
+// serves reads from the WAL tail and from objects.
+//
+// Acknowledgement (DESIGN.md, invariant 1): acks=wal returns after the WAL
+// fsync; acks=durable after the section holding the records is committed
+// through Raft. A topic's high watermark (what consumers may read) is the
+// committed end offset for durable topics and the fsynced WAL end for wal
+// topics.
+//
+// Errors that mean "nothing was appended, retry" use Unavailable,
+// FailedPrecondition or ResourceExhausted; an error after the batch reached
+// the WAL never uses those codes (it uses Aborted, Internal, Canceled or
+// DeadlineExceeded), so clients can retry the former safely.
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/streamhouse/streamhouse/agent/wal"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/pkg/objstore"
+)
+
+// Config configures an agent. Zero values take the defaults noted.
+type Config struct {
+	// ID is the agent's stable id. Default: read from DataDir/agent-id, or
+	// generated and stored there on first start.
+	ID string
+	// DataDir holds the WAL. Required.
+	DataDir string
+	// Address is where gateways reach this agent (advertised to the controller).
+	Address string
+	// Zone is the agent's availability zone, optional.
+	Zone string
+	// Controller is the controller's internal API.
+	Controller streamhousev1connect.ControllerServiceClient
+	// Store is the object store.
+	Store objstore.Store
+	// KeyRoot prefixes every object key, optional (e.g. "streamhouse").
+	KeyRoot string
+	// PrefixCount spreads object keys over this many shard prefixes. Default 16.
+	PrefixCount int
+	// FlushInterval is the longest time new data waits before upload. Default 250ms.
+	FlushInterval time.Duration
+	// FlushBytes starts an upload early once this much new data is waiting,
+	// and caps one object's size. Default 8 MiB.
+	FlushBytes int
+	// HeartbeatInterval is how often leases are renewed. Default 1s.
+	HeartbeatInterval time.Duration
+	// LeaseSafetyMargin: the agent stops writing a partition this long before
+	// its lease could expire on the controller's clock. Default 2s.
+	LeaseSafetyMargin time.Duration
+	// CacheBytes bounds the object section cache. Default 64 MiB.
+	CacheBytes int64
+	// NoSync skips WAL fsyncs (tests only).
+	NoSync bool
+	// Logger receives structured logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() error {
+	switch {
+	case c.DataDir == "":
+		return errors.New("agent: DataDir is required")
+	case c.Controller == nil:
+		return errors.New("agent: Controller is required")
+	case c.Store == nil:
+		return errors.New("agent: Store is required")
+	}
+	if c.PrefixCount == 0 {
+		c.PrefixCount = 16
+	}
+	if c.PrefixCount < 1 || c.PrefixCount > 65536 {
+		return fmt.Errorf("agent: prefix count %d must be between 1 and 65536", c.PrefixCount)
+	}
+	if c.FlushInterval == 0 {
+		c.FlushInterval = 250 * time.Millisecond
+	}
+	if c.FlushBytes == 0 {
+		c.FlushBytes = 8 << 20
+	}
+	if c.HeartbeatInterval == 0 {
+		c.HeartbeatInterval = time.Second
+	}
+	if c.LeaseSafetyMargin == 0 {
+		c.LeaseSafetyMargin = 2 * time.Second
+	}
+	if c.CacheBytes == 0 {
+		c.CacheBytes = 64 << 20
+	}
+	if c.FlushInterval < 0 || c.FlushBytes < 0 || c.HeartbeatInterval < 0 || c.LeaseSafetyMargin < 0 || c.CacheBytes < 0 {
+		return errors.New("agent: intervals and sizes must not be negative")
+	}
+	if c.KeyRoot != "" {
+		if err := objstore.ValidateKey(c.KeyRoot); err != nil {
+			return fmt.Errorf("agent: key root: %w", err)
+		}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Agent is one running agent. Its methods are safe for concurrent use.
+type Agent struct {
+	cfg         Config
+	log         *slog.Logger
+	wal         *wal.WAL
+	incarnation string
+	cache       *sectionCache
+
+	mu    sync.RWMutex
+	parts map[partKey]*partition
+
+	unuploaded atomic.Int64 // bytes appended and not yet uploaded (a flush trigger, approximate)
+
+	hbMu     sync.Mutex // serialises heartbeats
+	lastHB   time.Time  // when the last successful heartbeat was sent
+	flushNow chan struct{}
+
+	ctx     context.Context // cancelled by Close after the final flush
+	cancel  context.CancelFunc
+	closing chan struct{} // closed when Close starts: appends are refused
+	wg      sync.WaitGroup
+
+	uploadDone chan struct{}
+	closeOnce  sync.Once
+	closeErr   error
+}
+
+type partKey struct {
+	topic     string
+	partition int32
+}
+
+func (k partKey) String() string { return fmt.Sprintf("%s/%d", k.topic, k.partition) }
+
+// Open recovers the WAL under cfg.DataDir, registers with the controller,
+// takes its leases, and starts the heartbeat and upload loops. Data the WAL
+// holds beyond a partition's committed end is uploaded again.
+func Open(ctx context.Context, cfg Config) (*Agent, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+		return nil, fmt.Errorf("agent: create data dir: %w", err)
+	}
+	if cfg.ID == "" {
+		id, err := loadOrCreateID(filepath.Join(cfg.DataDir, "agent-id"))
+		if err != nil {
+			return nil, err
+		}
+		cfg.ID = id
+	}
+	log := cfg.Logger.With("component", "agent", "agent_id", cfg.ID)
+	w, err := wal.Open(wal.Options{Dir: filepath.Join(cfg.DataDir, "wal"), NoSync: cfg.NoSync, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("agent: open WAL: %w", err)
+	}
+	a := &Agent{
+		cfg: cfg, log: log, wal: w, incarnation: randomHex(8),
+		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
+		flushNow: make(chan struct{}, 1), closing: make(chan struct{}), uploadDone: make(chan struct{}),
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	if st := w.Stats(); st.TruncatedBytes > 0 || st.QuarantinedSegments > 0 {
+		log.Warn("WAL recovery cut damaged data", "truncated_bytes", st.TruncatedBytes, "quarantined_segments", st.QuarantinedSegments)
+	}
+	if err := a.heartbeat(ctx, true); err != nil {
+		a.cancel()
+		_ = w.Close()
+		return nil, fmt.Errorf("agent: first heartbeat: %w", err)
+	}
+	a.wg.Add(2)
+	go a.heartbeatLoop()
+	go a.uploadLoop()
+	log.Info("agent started", "incarnation", a.incarnation, "partitions", len(a.parts))
+	return a, nil
+}
+
+// ID returns the agent's stable id.
+func (a *Agent) ID() string { return a.cfg.ID }
+
+// Close shuts the agent down gracefully: it refuses new appends, uploads and
+// commits everything the WAL holds, then stops its loops and closes the WAL.
+// ctx bounds the final upload; what is not uploaded by then stays in the WAL
+// and is uploaded on the next start. Close is idempotent.
+func (a *Agent) Close(ctx context.Context) error {
+	a.closeOnce.Do(func() {
+		close(a.closing)
+		a.kickUpload()
+		select {
+		case <-a.uploadDone:
+		case <-ctx.Done():
+			a.log.Warn("final upload did not finish; the WAL keeps the data for the next start", "err", ctx.Err())
+		}
+		a.cancel()
+		a.wg.Wait()
+		a.mu.Lock()
+		for _, p := range a.parts {
+			p.fail(errors.New("agent shut down before the records were committed; they are kept in the WAL and committed on restart"))
+		}
+		a.mu.Unlock()
+		a.closeErr = a.wal.Close()
+	})
+	return a.closeErr
+}
+
+func (a *Agent) isClosing() bool {
+	select {
+	case <-a.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+func loadOrCreateID(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		id := strings.TrimSpace(string(b))
+		if id == "" {
+			return "", fmt.Errorf("agent: %s is empty; remove it to get a new id", path)
+		}
+		return id, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("agent: read id: %w", err)
+	}
+	id := "agent-" + randomHex(6)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(id+"\n"), 0o644); err != nil {
+		return "", fmt.Errorf("agent: write id: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("agent: write id: %w", err)
+	}
+	return id, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return hex.EncodeToString(b)
+}
