@@ -12,6 +12,7 @@ import (
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/agent/wal"
 	"github.com/streamhouse/streamhouse/pkg/batch"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // Handler returns the agent's AgentService implementation. Its unary methods
@@ -37,12 +38,12 @@ func (a *Agent) lookup(ctx context.Context, topic string, partition int32) (*par
 		return p, nil
 	}
 	if err := a.refreshLeases(ctx); err != nil {
-		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("partition %s: cannot reach the controller: %w", k, err))
+		return nil, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: cannot reach the controller: %w", k, err))
 	}
 	if p := a.partition(k); p != nil {
 		return p, nil
 	}
-	return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("agent %s is not the lease holder of partition %s", a.cfg.ID, k))
+	return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s is not the lease holder of partition %s", a.cfg.ID, k))
 }
 
 // Append appends one batch; see the package doc for which errors are safe
@@ -51,7 +52,7 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	a := s.a
 	m := req.Msg
 	if a.isClosing() {
-		return nil, connect.NewError(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
+		return nil, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
 	}
 	p, err := a.lookup(ctx, m.GetTopic(), m.GetPartition())
 	if err != nil {
@@ -66,10 +67,10 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	topic, epoch, until, perr := p.topic, p.epoch, p.leaseUntil, p.err
 	p.mu.Unlock()
 	if perr != nil {
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
 	}
 	if !time.Now().Before(until) {
-		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("partition %s: lease is not renewed (controller unreachable?); retry", p.key))
+		return nil, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: lease is not renewed (controller unreachable?); retry", p.key))
 	}
 	if max := topic.GetMaxBatchBytes(); max > 0 && len(b) > int(max) {
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("batch is %d bytes; topic %q's max_batch_bytes is %d", len(b), p.key.topic, max))
@@ -91,7 +92,7 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	p.appendMu.Lock()
 	if p.err != nil {
 		p.appendMu.Unlock()
-		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
 	}
 	base := p.nextOffset
 	end := base + int64(meta.NumRecords)

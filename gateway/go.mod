@@ -3,8 +3,17 @@ module github.com/streamhouse/streamhouse/gateway
 go 1.26.8
 
 require (
+	connectrpc.com/connect v1.21.1
 	github.com/streamhouse/streamhouse/api v0.0.0
 	github.com/streamhouse/streamhouse/pkg v0.0.0
+	go.uber.org/goleak v1.3.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
+	github.com/klauspost/compress v1.20.4 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
 )
 
 replace github.com/streamhouse/streamhouse/api => ../api

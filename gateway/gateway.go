@@ -1,0 +1,131 @@
+// Package gateway serves StreamHouse's public API: AdminService,
+// ProduceService and ConsumeService, over Connect, gRPC and gRPC-web on one
+// HTTP handler.
+//
+// A Gateway is stateless. It validates requests, picks partitions (murmur2 of
+// the key as Kafka's default partitioner, or one round-robin partition for the
+// keyless records of a request), and routes each partition's share to the
+// agent holding the partition's lease. It reaches the controller and the
+// agents only through the generated Connect client interfaces, so the same
+// code runs in one process (`streamhouse dev`, where it is handed the
+// controller's and agent's handlers, whose unary methods match the client
+// interfaces) and in a cluster (real Connect clients).
+//
+// Every error a Gateway returns is a *connect.Error with a code a program can
+// act on and a message a person can act on; a request that fails validation
+// changes nothing.
+package gateway
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync/atomic"
+	"time"
+
+	"connectrpc.com/connect"
+
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+)
+
+// Limits and defaults.
+const (
+	// ReadMaxBytes is the largest request message the gateway accepts.
+	ReadMaxBytes = 40 << 20
+	// DefaultRouteTTL is how long routing metadata is cached when
+	// Config.RouteTTL is zero.
+	DefaultRouteTTL = 2 * time.Second
+	// DefaultFetchMaxBytes is the fetch and subscribe size limit when the
+	// request leaves max_bytes at 0.
+	DefaultFetchMaxBytes = 1 << 20
+	// MaxFetchMaxBytes caps a request's max_bytes.
+	MaxFetchMaxBytes = 32 << 20
+	// MaxFetchWaitMs is the longest max_wait_ms a fetch may ask for.
+	MaxFetchWaitMs = 30000
+	// SubscribeWaitMs is how long each of Subscribe's reads long-polls the agent.
+	SubscribeWaitMs = 5000
+)
+
+// Config configures a Gateway. Admin, Controller and Agents are required.
+type Config struct {
+	// Admin is the controller's AdminService. Admin calls are validated and
+	// passed through to it; Subscribe uses its DescribeTopic to resolve the
+	// offsets -1 (high watermark) and -2 (start offset).
+	Admin streamhousev1connect.AdminServiceClient
+	// Controller is the controller's ControllerService; the gateway calls
+	// only GetRoutes, for routing metadata.
+	Controller streamhousev1connect.ControllerServiceClient
+	// Agents resolves an agent address (from GetRoutes) to a client. In
+	// `streamhouse dev` it always returns the in-process agent. It is called
+	// for every agent call, so it should cache its clients.
+	Agents func(address string) (streamhousev1connect.AgentServiceClient, error)
+	// RouteTTL is how long a topic's routing metadata is cached;
+	// DefaultRouteTTL when zero. A negative value disables the cache.
+	RouteTTL time.Duration
+	// Logger receives Debug lines only (one or two per request, plus route
+	// refreshes); nil discards.
+	Logger *slog.Logger
+}
+
+// Gateway serves the public services. It is safe for concurrent use.
+type Gateway struct {
+	cfg    Config
+	log    *slog.Logger
+	routes *routeCache
+	// rr picks the partition of a request's keyless records, round-robin.
+	rr atomic.Uint64
+}
+
+// New returns a Gateway, or an error if a required Config field is missing.
+func New(cfg Config) (*Gateway, error) {
+	switch {
+	case cfg.Admin == nil:
+		return nil, errors.New("gateway: Config.Admin is required")
+	case cfg.Controller == nil:
+		return nil, errors.New("gateway: Config.Controller is required")
+	case cfg.Agents == nil:
+		return nil, errors.New("gateway: Config.Agents is required")
+	}
+	if cfg.RouteTTL == 0 {
+		cfg.RouteTTL = DefaultRouteTTL
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	g := &Gateway{cfg: cfg, log: cfg.Logger}
+	g.routes = newRouteCache(cfg.Controller, cfg.RouteTTL)
+	return g, nil
+}
+
+// Handler returns one http.Handler serving AdminService, ProduceService and
+// ConsumeService (each over Connect, gRPC and gRPC-web; request messages up
+// to ReadMaxBytes) and GET /healthz, which answers 200 "ok".
+//
+// gRPC needs HTTP/2: serve the handler with TLS, or without TLS with
+// http.Server.Protocols allowing UnencryptedHTTP2 (h2c), as NewHTTPServer does.
+func (g *Gateway) Handler() http.Handler {
+	opts := []connect.HandlerOption{connect.WithReadMaxBytes(ReadMaxBytes)}
+	mux := http.NewServeMux()
+	mux.Handle(streamhousev1connect.NewAdminServiceHandler(adminService{g}, opts...))
+	mux.Handle(streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...))
+	mux.Handle(streamhousev1connect.NewConsumeServiceHandler(consumeService{g}, opts...))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok"))
+	})
+	return mux
+}
+
+// NewHTTPServer returns an http.Server for addr serving h over HTTP/1.1 and
+// unencrypted HTTP/2 (h2c), which the gRPC protocol needs without TLS.
+func NewHTTPServer(addr string, h http.Handler) *http.Server {
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetUnencryptedHTTP2(true)
+	return &http.Server{
+		Addr:              addr,
+		Handler:           h,
+		Protocols:         &p,
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+}

@@ -1,0 +1,159 @@
+package gateway
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
+)
+
+// topicRoutes is one GetRoutes answer: a topic's settings and, per partition,
+// the agent holding its lease. It is immutable once built.
+type topicRoutes struct {
+	info    *v1.TopicInfo
+	byPart  []*v1.PartitionRoute // indexed by partition; nil when missing
+	fetched time.Time
+}
+
+func (rt *topicRoutes) route(p int32) *v1.PartitionRoute {
+	if p < 0 || int(p) >= len(rt.byPart) {
+		return nil
+	}
+	return rt.byPart[p]
+}
+
+// checkPartition returns InvalidArgument unless p is a partition of the topic.
+func (rt *topicRoutes) checkPartition(p int32) error {
+	if n := rt.info.GetPartitions(); p < 0 || p >= n {
+		return invalid("partition %d is out of range: topic %q has partitions 0 to %d", p, rt.info.GetName(), n-1)
+	}
+	return nil
+}
+
+// routeCache caches GetRoutes answers per topic for ttl.
+type routeCache struct {
+	ctl streamhousev1connect.ControllerServiceClient
+	ttl time.Duration
+	now func() time.Time
+
+	mu     sync.Mutex
+	topics map[string]*topicRoutes
+}
+
+func newRouteCache(ctl streamhousev1connect.ControllerServiceClient, ttl time.Duration) *routeCache {
+	return &routeCache{ctl: ctl, ttl: ttl, now: time.Now, topics: make(map[string]*topicRoutes)}
+}
+
+// get returns the topic's routes, from the cache when they are fresh.
+// NotFound when the topic does not exist.
+func (c *routeCache) get(ctx context.Context, topic string) (*topicRoutes, error) {
+	c.mu.Lock()
+	rt, ok := c.topics[topic]
+	if ok && c.now().Sub(rt.fetched) < c.ttl {
+		c.mu.Unlock()
+		return rt, nil
+	}
+	c.mu.Unlock()
+	return c.fetch(ctx, topic)
+}
+
+// refresh returns routes newer than stale: ones another caller fetched after
+// stale was found wanting, or a new GetRoutes answer.
+func (c *routeCache) refresh(ctx context.Context, topic string, stale *topicRoutes) (*topicRoutes, error) {
+	c.mu.Lock()
+	rt, ok := c.topics[topic]
+	if ok && rt != stale && rt.fetched.After(stale.fetched) && c.now().Sub(rt.fetched) < c.ttl {
+		c.mu.Unlock()
+		return rt, nil
+	}
+	if ok && rt == stale {
+		delete(c.topics, topic)
+	}
+	c.mu.Unlock()
+	return c.fetch(ctx, topic)
+}
+
+func (c *routeCache) fetch(ctx context.Context, topic string) (*topicRoutes, error) {
+	res, err := c.ctl.GetRoutes(ctx, connect.NewRequest(&v1.GetRoutesRequest{Topic: topic}))
+	if err != nil {
+		if connect.CodeOf(err) == connect.CodeNotFound {
+			c.mu.Lock()
+			delete(c.topics, topic)
+			c.mu.Unlock()
+			return nil, connect.NewError(connect.CodeNotFound, errorf("topic %q does not exist", topic))
+		}
+		return nil, upstream(err)
+	}
+	msg := res.Msg
+	if msg.GetTopic() == nil || msg.GetTopic().GetPartitions() < 1 {
+		return nil, unavailable("routing metadata for topic %q is incomplete; retry", topic)
+	}
+	rt := &topicRoutes{
+		info:    msg.GetTopic(),
+		byPart:  make([]*v1.PartitionRoute, msg.GetTopic().GetPartitions()),
+		fetched: c.now(),
+	}
+	for _, r := range msg.GetRoutes() {
+		if p := r.GetPartition(); p >= 0 && int(p) < len(rt.byPart) {
+			rt.byPart[p] = r
+		}
+	}
+	if c.ttl > 0 {
+		c.mu.Lock()
+		if old, ok := c.topics[topic]; !ok || !old.fetched.After(rt.fetched) {
+			c.topics[topic] = rt
+		}
+		c.mu.Unlock()
+	}
+	return rt, nil
+}
+
+// retryable reports whether an agent error means the routes may be stale:
+// the agent is not the lease holder (FailedPrecondition) or cannot be reached
+// or has no holder (Unavailable).
+func retryable(err error) bool {
+	switch connect.CodeOf(err) {
+	case connect.CodeFailedPrecondition, connect.CodeUnavailable:
+		// Only refusals marked "not applied": a broken connection is
+		// Unavailable too, and retrying an Append after it could write twice.
+		return rpcerr.IsNotApplied(err)
+	}
+	return false
+}
+
+// onAgent calls fn with the client of the agent holding partition p of the
+// topic whose routes are rt. When that fails in a way that means the routes
+// may be stale (see retryable), it refreshes the topic's routes once and
+// calls fn once more, on the agent the new routes name.
+//
+// Only refusals marked by rpcerr.NotApplied are retried, so a retried
+// Append never writes twice.
+func (g *Gateway) onAgent(ctx context.Context, rt *topicRoutes, p int32, fn func(streamhousev1connect.AgentServiceClient) error) error {
+	err := g.tryAgent(rt, p, fn)
+	if err == nil || !retryable(err) || ctx.Err() != nil {
+		return err
+	}
+	g.log.Debug("refreshing routes after agent error", "topic", rt.info.GetName(), "partition", p, "err", err)
+	fresh, rerr := g.routes.refresh(ctx, rt.info.GetName(), rt)
+	if rerr != nil {
+		return rerr
+	}
+	return g.tryAgent(fresh, p, fn)
+}
+
+func (g *Gateway) tryAgent(rt *topicRoutes, p int32, fn func(streamhousev1connect.AgentServiceClient) error) error {
+	r := rt.route(p)
+	if r.GetAddress() == "" {
+		return unavailable("partition %s/%d has no agent yet; retry", rt.info.GetName(), p)
+	}
+	client, err := g.cfg.Agents(r.GetAddress())
+	if err != nil {
+		return unavailable("agent %s (%s) for partition %s/%d: %v", r.GetAgentId(), r.GetAddress(), rt.info.GetName(), p, err)
+	}
+	return upstream(fn(client))
+}

@@ -1,0 +1,33 @@
+// Package rpcerr marks Connect errors that guarantee a write was not applied.
+//
+// Without idempotent producers, a client may retry a write only when it knows
+// the first attempt changed nothing. A bare Unavailable does not say that: a
+// connection that broke mid-request is reported as Unavailable too. So every
+// server-side refusal made before anything was written (no lease holder yet,
+// lease not renewed, shutting down, backpressure) carries the metadata key
+// NotAppliedKey, which survives the wire as a header or trailer, and callers
+// retry writes only when IsNotApplied says so.
+package rpcerr
+
+import (
+	"errors"
+
+	"connectrpc.com/connect"
+)
+
+// NotAppliedKey is the error metadata key that marks a refused write.
+const NotAppliedKey = "Streamhouse-Not-Applied"
+
+// NotApplied returns a Connect error with code and err, marked as "nothing
+// was applied; safe to retry".
+func NotApplied(code connect.Code, err error) *connect.Error {
+	ce := connect.NewError(code, err)
+	ce.Meta().Set(NotAppliedKey, "true")
+	return ce
+}
+
+// IsNotApplied reports whether err is a Connect error marked by NotApplied.
+func IsNotApplied(err error) bool {
+	var ce *connect.Error
+	return errors.As(err, &ce) && ce.Meta().Get(NotAppliedKey) == "true"
+}
