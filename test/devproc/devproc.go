@@ -1,0 +1,209 @@
+// Package devproc builds the real streamhouse binary and runs `streamhouse
+// dev` as a child process for end-to-end tests: started on a port the OS
+// picks, killed with SIGKILL or stopped with SIGTERM, restarted on the same
+// data directory and port.
+package devproc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Build compiles cmd/streamhouse into dir and returns the binary's path.
+func Build(dir string) (string, error) {
+	bin := filepath.Join(dir, "streamhouse")
+	cmd := exec.Command("go", "build", "-race", "-o", bin, "github.com/streamhouse/streamhouse/cmd/streamhouse")
+	if os.Getenv("STREAMHOUSE_E2E_NORACE") != "" {
+		cmd = exec.Command("go", "build", "-o", bin, "github.com/streamhouse/streamhouse/cmd/streamhouse")
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("build streamhouse: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// Proc is one running `streamhouse dev`.
+type Proc struct {
+	t       testing.TB
+	bin     string
+	DataDir string
+	Args    []string // extra flags
+	Env     []string // extra environment
+	Addr    string   // host:port the gateway listens on
+	URL     string   // http://Addr
+
+	mu     sync.Mutex
+	cmd    *exec.Cmd
+	done   chan struct{}
+	stderr *bytes.Buffer
+	starts int
+}
+
+// Start runs `streamhouse dev` on dataDir with a free port and waits until
+// it serves. The process is killed at the end of the test if still running.
+func Start(t testing.TB, bin, dataDir string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, bin: bin, DataDir: dataDir, Args: args}
+	t.Cleanup(func() {
+		p.Kill()
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("streamhouse stderr (last start):\n%s", tail(p.stderr.String(), 8000))
+			p.mu.Unlock()
+		}
+	})
+	if err := p.start("127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return "..." + s[len(s)-n:]
+	}
+	return s
+}
+
+func (p *Proc) start(listen string) error {
+	args := append([]string{"dev", "--data-dir", p.DataDir, "--listen", listen, "--log-level", "info"}, p.Args...)
+	cmd := exec.Command(p.bin, args...)
+	cmd.Env = append(os.Environ(), p.Env...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	stderr := &bytes.Buffer{}
+	cmd.Stderr = &lockedWriter{w: stderr, mu: &p.mu}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start streamhouse: %w", err)
+	}
+	done := make(chan struct{})
+	addr := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), "streamhouse dev listening on http://"); ok {
+				addr <- a
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		_ = cmd.Wait()
+		close(done)
+	}()
+	p.mu.Lock()
+	p.cmd, p.done, p.stderr = cmd, done, stderr
+	p.starts++
+	p.mu.Unlock()
+	select {
+	case a := <-addr:
+		p.Addr, p.URL = a, "http://"+a
+	case <-done:
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return fmt.Errorf("streamhouse exited before serving: %s\n%s", cmd.ProcessState, tail(stderr.String(), 4000))
+	case <-time.After(60 * time.Second):
+		return fmt.Errorf("streamhouse did not serve within 60s")
+	}
+	return p.waitHealthy()
+}
+
+func (p *Proc) waitHealthy() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, p.URL+"/healthz", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("streamhouse at %s not healthy: %v", p.URL, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// Kill sends SIGKILL and waits for the process to exit.
+func (p *Proc) Kill() {
+	p.signal(syscall.SIGKILL)
+}
+
+// Stop sends SIGTERM (a clean shutdown) and waits for the process to exit.
+func (p *Proc) Stop() {
+	p.signal(syscall.SIGTERM)
+}
+
+func (p *Proc) signal(sig syscall.Signal) {
+	p.mu.Lock()
+	cmd, done := p.cmd, p.done
+	p.mu.Unlock()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(sig)
+	<-done
+}
+
+// ExitCode is the last run's exit code (-1 if killed by a signal or running).
+func (p *Proc) ExitCode() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil || p.cmd.ProcessState == nil {
+		return -1
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Restart starts the process again on the same data dir and port. The
+// previous run must have exited.
+func (p *Proc) Restart() {
+	p.t.Helper()
+	var err error
+	for attempt := 0; attempt < 50; attempt++ {
+		if err = p.start(p.Addr); err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond) // the kernel releases the port
+	}
+	p.t.Fatalf("restart: %v", err)
+}
+
+// Stderr returns what the process wrote to stderr since its last start.
+func (p *Proc) Stderr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.stderr.String()
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
