@@ -1,0 +1,621 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"connectrpc.com/connect"
+
+	streamhousev1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/pkg/batch"
+	"github.com/streamhouse/streamhouse/pkg/partition"
+)
+
+// Record is one record to produce.
+//
+// The Producer keeps Key, Value and Headers (without copying them) until the
+// record's callback has fired: do not modify them before.
+type Record struct {
+	// Key decides the partition (murmur2, as Kafka) unless Partition is set.
+	// A nil key is keyless (sticky partitioning); an empty non-nil key is
+	// hashed like any other key.
+	Key   []byte
+	Value []byte
+	// Headers are Kafka record headers.
+	Headers []batch.Header
+	// Timestamp is the record's create time; zero means the time Produce is
+	// called.
+	Timestamp time.Time
+	// Partition, when not nil, is the partition to write to, overriding the
+	// key (for example Partition: new(int32(3))).
+	Partition *int32
+}
+
+// Result is the outcome of producing one record.
+type Result struct {
+	// Partition the record was assigned to; -1 if it failed before being
+	// assigned one.
+	Partition int32
+	// Offset of the record in its partition; -1 on error.
+	Offset int64
+	// Err is nil on success. errors.Is(Err, ErrUnknownOutcome) means the
+	// record may or may not have been written; any other error means it was
+	// not written.
+	Err error
+}
+
+// Producer defaults. Their Kafka producer equivalents are noted with each
+// option.
+const (
+	DefaultLinger                  = 5 * time.Millisecond
+	DefaultBatchBytes              = 1 << 20
+	DefaultMaxInFlightPerPartition = 1
+	DefaultMaxBufferedBytes        = 64 << 20
+	DefaultRequestTimeout          = 30 * time.Second
+	DefaultRetryBackoffBase        = 50 * time.Millisecond
+	DefaultRetryBackoffMax         = 2 * time.Second
+	DefaultMaxRetryDuration        = 30 * time.Second
+)
+
+type producerConfig struct {
+	linger           time.Duration
+	batchBytes       int
+	maxInFlight      int
+	acks             streamhousev1.Acks
+	codec            batch.Codec
+	maxBuffered      int64
+	requestTimeout   time.Duration
+	backoff          backoff
+	maxRetryDuration time.Duration
+}
+
+// ProducerOption configures a Producer.
+type ProducerOption func(*producerConfig)
+
+// Linger is how long a partition's batch waits for more records before it is
+// sent (Kafka linger.ms). Default 5 ms. A batch that is full is sent at once;
+// while a partition's request is in flight its next batch keeps filling
+// whatever the linger.
+func Linger(d time.Duration) ProducerOption {
+	return func(c *producerConfig) { c.linger = max(d, 0) }
+}
+
+// BatchBytes is the largest batch, in estimated uncompressed bytes, sent in
+// one request (Kafka batch.size). Default 1 MiB; it is lowered to the topic's
+// max_batch_bytes when that is smaller. A single record larger than this is
+// sent alone.
+func BatchBytes(n int) ProducerOption {
+	return func(c *producerConfig) {
+		if n > 0 {
+			c.batchBytes = n
+		}
+	}
+}
+
+// MaxInFlightPerPartition is how many requests per partition may be in
+// flight at once (Kafka max.in.flight.requests.per.connection). Default 1,
+// which keeps each partition's records in Produce order. With more than one,
+// a batch that is retried can land after a later batch: offsets are then no
+// longer in Produce order (callbacks still fire in Produce order).
+func MaxInFlightPerPartition(n int) ProducerOption {
+	return func(c *producerConfig) {
+		if n > 0 {
+			c.maxInFlight = n
+		}
+	}
+}
+
+// Acks is the durability to wait for (Kafka acks). Default
+// ACKS_UNSPECIFIED: the topic's durability.
+func Acks(a streamhousev1.Acks) ProducerOption {
+	return func(c *producerConfig) { c.acks = a }
+}
+
+// Codec compresses batches (Kafka compression.type). Default none.
+func Codec(codec batch.Codec) ProducerOption {
+	return func(c *producerConfig) { c.codec = codec }
+}
+
+// MaxBufferedBytes bounds the estimated bytes of records produced but not yet
+// acknowledged (Kafka buffer.memory). Default 64 MiB. When it is reached,
+// Produce blocks until space frees up or its context ends (Kafka's
+// max.block.ms is the context's deadline).
+func MaxBufferedBytes(n int64) ProducerOption {
+	return func(c *producerConfig) {
+		if n > 0 {
+			c.maxBuffered = n
+		}
+	}
+}
+
+// RequestTimeout bounds one produce request, including the server's wait for
+// acks (Kafka request.timeout.ms). Default 30 s. A request that times out
+// fails its records with an UnknownOutcomeError.
+func RequestTimeout(d time.Duration) ProducerOption {
+	return func(c *producerConfig) {
+		if d > 0 {
+			c.requestTimeout = d
+		}
+	}
+}
+
+// RetryBackoff sets the exponential backoff between retries (Kafka
+// retry.backoff.ms and retry.backoff.max.ms): the n-th retry waits a random
+// duration in [0, min(max, base*2^n)] (full jitter). Defaults 50 ms and 2 s.
+func RetryBackoff(base, maxDelay time.Duration) ProducerOption {
+	return func(c *producerConfig) {
+		if base > 0 {
+			c.backoff.base = base
+		}
+		if maxDelay > 0 {
+			c.backoff.max = maxDelay
+		}
+	}
+}
+
+// MaxRetryDuration is how long a batch is retried, from its first attempt,
+// before its records fail (Kafka delivery.timeout.ms, roughly). Default 30 s.
+func MaxRetryDuration(d time.Duration) ProducerOption {
+	return func(c *producerConfig) {
+		if d > 0 {
+			c.maxRetryDuration = d
+		}
+	}
+}
+
+// Producer batches records per partition and sends each batch as one
+// pre-encoded RecordBatch v2. It is safe for concurrent use.
+type Producer struct {
+	c          *Client
+	topic      string
+	nparts     int32
+	cfg        producerConfig
+	maxRecord  int // topic's max_record_bytes, 0 when unknown
+	batchBytes int // effective batch size
+
+	mu       sync.Mutex
+	parts    []*partState
+	sticky   int32
+	buffered int64
+	spaceCh  chan struct{} // closed and replaced when buffered bytes are released
+	closed   bool
+
+	wg sync.WaitGroup // send goroutines
+}
+
+// partState is one partition's queue. Fields other than deliverMu and id are
+// guarded by Producer.mu.
+type partState struct {
+	id       int32
+	open     *pbatch   // accumulating
+	queue    []*pbatch // full, waiting to be sent
+	inflight []*pbatch // sent, in send order, until their callbacks fired
+	sending  int       // requests in flight
+	lastLen  int       // records in the last batch, to size the next one
+
+	deliverMu sync.Mutex // serialises callback delivery
+}
+
+// pbatch is one batch of one partition.
+type pbatch struct {
+	part     *partState
+	recs     []batch.Record
+	cbs      []func(Result)
+	bytes    int  // estimated encoded size
+	ready    bool // linger elapsed or flush requested
+	timer    *time.Timer
+	done     chan struct{} // closed after the callbacks fired
+	finished bool
+	base     int64
+	err      error
+}
+
+// NewProducer returns a Producer for topic. It fetches the topic's partition
+// count and limits with AdminService.DescribeTopic; an unknown topic is an
+// error (Connect code NotFound). The partition count is not refreshed.
+func (c *Client) NewProducer(topic string, opts ...ProducerOption) (*Producer, error) {
+	cfg := producerConfig{
+		linger:           DefaultLinger,
+		batchBytes:       DefaultBatchBytes,
+		maxInFlight:      DefaultMaxInFlightPerPartition,
+		maxBuffered:      DefaultMaxBufferedBytes,
+		requestTimeout:   DefaultRequestTimeout,
+		backoff:          backoff{base: DefaultRetryBackoffBase, max: DefaultRetryBackoffMax},
+		maxRetryDuration: DefaultMaxRetryDuration,
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	if !cfg.codec.Valid() {
+		return nil, fmt.Errorf("client: unsupported codec %d", int8(cfg.codec))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.requestTimeout)
+	defer cancel()
+	desc, err := c.describeTopic(ctx, topic)
+	if err != nil {
+		return nil, err
+	}
+	ti := desc.GetTopic()
+	n := ti.GetPartitions()
+	if n <= 0 {
+		return nil, fmt.Errorf("client: topic %q has %d partitions", topic, n)
+	}
+	p := &Producer{
+		c:          c,
+		topic:      topic,
+		nparts:     n,
+		cfg:        cfg,
+		maxRecord:  int(ti.GetMaxRecordBytes()),
+		batchBytes: cfg.batchBytes,
+		parts:      make([]*partState, n),
+		sticky:     rand.Int32N(n),
+		spaceCh:    make(chan struct{}),
+	}
+	if mb := int(ti.GetMaxBatchBytes()); mb > 0 && mb < p.batchBytes {
+		p.batchBytes = mb
+	}
+	for i := range p.parts {
+		p.parts[i] = &partState{id: int32(i)}
+	}
+	return p, nil
+}
+
+// Topic returns the producer's topic.
+func (p *Producer) Topic() string { return p.topic }
+
+// Partitions returns the topic's partition count as fetched by NewProducer.
+func (p *Producer) Partitions() int32 { return p.nparts }
+
+// Produce adds r to its partition's batch and returns; cb (which may be nil)
+// is called once with the outcome. ctx only bounds the wait for buffer space
+// (see MaxBufferedBytes): once Produce returns, the record is sent whatever
+// happens to ctx.
+//
+// cb runs on a producer goroutine, or synchronously inside Produce when the
+// record fails before being buffered (closed producer, ctx done, record too
+// large, bad partition). Callbacks of one partition run one at a time in
+// Produce order; keep them short, and do not call Flush or Close from them
+// (Produce from a callback blocks while the buffer is full).
+func (p *Producer) Produce(ctx context.Context, r Record, cb func(Result)) {
+	if cb == nil {
+		cb = func(Result) {}
+	}
+	fail := func(part int32, err error) { cb(Result{Partition: part, Offset: -1, Err: err}) }
+	size := recordSize(&r)
+	if p.maxRecord > 0 {
+		if n := len(r.Key) + len(r.Value) + headersSize(r.Headers); n > p.maxRecord {
+			fail(-1, fmt.Errorf("%w: %d bytes, topic %q accepts %d", ErrRecordTooLarge, n, p.topic, p.maxRecord))
+			return
+		}
+	}
+	if int64(size) > p.cfg.maxBuffered {
+		fail(-1, fmt.Errorf("%w: %d bytes exceed MaxBufferedBytes %d", ErrRecordTooLarge, size, p.cfg.maxBuffered))
+		return
+	}
+	if r.Partition != nil && (*r.Partition < 0 || *r.Partition >= p.nparts) {
+		fail(*r.Partition, fmt.Errorf("%w: %d, topic %q has %d partitions", ErrBadPartition, *r.Partition, p.topic, p.nparts))
+		return
+	}
+	var ts int64
+	if r.Timestamp.IsZero() {
+		ts = time.Now().UnixMilli()
+	} else {
+		ts = r.Timestamp.UnixMilli()
+	}
+	rec := batch.Record{Timestamp: ts, Key: r.Key, Value: r.Value, Headers: r.Headers}
+
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			fail(-1, ErrClosed)
+			return
+		}
+		if p.buffered+int64(size) <= p.cfg.maxBuffered {
+			break
+		}
+		ch := p.spaceCh
+		p.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			fail(-1, fmt.Errorf("client: waiting for buffer space: %w", ctx.Err()))
+			return
+		}
+		p.mu.Lock()
+	}
+	p.buffered += int64(size)
+
+	var ps *partState
+	switch {
+	case r.Partition != nil:
+		ps = p.parts[*r.Partition]
+	case r.Key != nil:
+		ps = p.parts[partition.ForKey(r.Key, p.nparts)]
+	default:
+		ps = p.parts[p.sticky]
+		if ps.open != nil && ps.open.bytes+size > p.batchBytes {
+			// The sticky partition's batch is full: seal it, which moves
+			// keyless records to another partition, and follow.
+			p.sealLocked(ps)
+			ps = p.parts[p.sticky]
+		}
+	}
+	b := ps.open
+	if b != nil && b.bytes+size > p.batchBytes {
+		p.sealLocked(ps)
+		b = nil
+	}
+	if b == nil {
+		// Size the batch like the partition's previous one: growing slices
+		// of thousands of records record by record costs more than encoding.
+		hint := min(max(ps.lastLen, 16), 1<<16)
+		b = &pbatch{part: ps, bytes: batch.HeaderSize, done: make(chan struct{}),
+			recs: make([]batch.Record, 0, hint), cbs: make([]func(Result), 0, hint)}
+		ps.open = b
+		if p.cfg.linger == 0 {
+			b.ready = true
+		} else {
+			b.timer = time.AfterFunc(p.cfg.linger, func() { p.lingerExpired(b) })
+		}
+	}
+	b.recs = append(b.recs, rec)
+	b.cbs = append(b.cbs, cb)
+	b.bytes += size
+	if b.bytes >= p.batchBytes {
+		p.sealLocked(ps)
+	}
+	p.pumpLocked(ps)
+	p.mu.Unlock()
+}
+
+// ProduceSync produces r and waits for its outcome or for ctx to end. It
+// waits for the linger like any record; use Produce for throughput.
+func (p *Producer) ProduceSync(ctx context.Context, r Record) Result {
+	ch := make(chan Result, 1)
+	p.Produce(ctx, r, func(res Result) { ch <- res })
+	select {
+	case res := <-ch:
+		return res
+	case <-ctx.Done():
+		return Result{Partition: -1, Offset: -1, Err: fmt.Errorf("client: waiting for produce result: %w", ctx.Err())}
+	}
+}
+
+// Flush sends every buffered record now and waits until the callbacks of all
+// records produced before the call have fired, or until ctx ends.
+func (p *Producer) Flush(ctx context.Context) error {
+	var waits []chan struct{}
+	p.mu.Lock()
+	for _, ps := range p.parts {
+		if ps.open != nil {
+			ps.open.ready = true
+			waits = append(waits, ps.open.done)
+		}
+		for _, b := range ps.queue {
+			waits = append(waits, b.done)
+		}
+		for _, b := range ps.inflight {
+			waits = append(waits, b.done)
+		}
+		p.pumpLocked(ps)
+	}
+	p.mu.Unlock()
+	for _, ch := range waits {
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("client: flush: %w", ctx.Err())
+		}
+	}
+	return nil
+}
+
+// Close flushes, waits for every callback and stops the producer. Records
+// produced after Close starts fail with ErrClosed. It waits as long as the
+// outstanding requests take: at most about RequestTimeout plus
+// MaxRetryDuration.
+func (p *Producer) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	p.mu.Unlock()
+	err := p.Flush(context.Background())
+	p.wg.Wait()
+	return err
+}
+
+// lingerExpired marks b ready to send.
+func (p *Producer) lingerExpired(b *pbatch) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if b.part.open == b {
+		b.ready = true
+		p.pumpLocked(b.part)
+	}
+}
+
+// sealLocked moves ps's open batch to its send queue.
+func (p *Producer) sealLocked(ps *partState) {
+	b := ps.open
+	if b == nil {
+		return
+	}
+	ps.open = nil
+	if b.timer != nil {
+		b.timer.Stop()
+	}
+	ps.queue = append(ps.queue, b)
+	p.batchDoneLocked(ps)
+}
+
+// batchDoneLocked is called when ps's open batch is sealed or sent: keyless
+// records move on to another partition (Kafka's sticky partitioner).
+func (p *Producer) batchDoneLocked(ps *partState) {
+	if ps.id != p.sticky || p.nparts == 1 {
+		return
+	}
+	next := rand.Int32N(p.nparts - 1)
+	if next >= p.sticky {
+		next++
+	}
+	p.sticky = next
+}
+
+// pumpLocked starts requests for ps while fewer than MaxInFlightPerPartition
+// are in flight and a batch is ready.
+func (p *Producer) pumpLocked(ps *partState) {
+	for ps.sending < p.cfg.maxInFlight {
+		var b *pbatch
+		switch {
+		case len(ps.queue) > 0:
+			b = ps.queue[0]
+			ps.queue[0] = nil
+			ps.queue = ps.queue[1:]
+		case ps.open != nil && ps.open.ready:
+			b = ps.open
+			ps.open = nil
+			if b.timer != nil {
+				b.timer.Stop()
+			}
+			p.batchDoneLocked(ps)
+		default:
+			return
+		}
+		ps.sending++
+		ps.lastLen = len(b.recs)
+		ps.inflight = append(ps.inflight, b)
+		p.wg.Add(1)
+		go p.send(b)
+	}
+}
+
+// send encodes b, sends it (retrying when safe) and delivers the outcome.
+func (p *Producer) send(b *pbatch) {
+	defer p.wg.Done()
+	ps := b.part
+	payload, err := batch.Encode(b.recs, batch.EncodeOptions{Codec: p.cfg.codec})
+	base := int64(-1)
+	if err == nil {
+		base, err = p.produceBatch(ps.id, payload, len(b.recs))
+	} else {
+		err = fmt.Errorf("client: encode batch: %w", err)
+	}
+
+	p.mu.Lock()
+	b.finished, b.base, b.err = true, base, err
+	ps.sending--
+	p.buffered -= int64(b.bytes - batch.HeaderSize)
+	close(p.spaceCh)
+	p.spaceCh = make(chan struct{})
+	p.pumpLocked(ps)
+	p.mu.Unlock()
+
+	// Deliver the finished prefix of the partition's in-flight list, so that
+	// callbacks fire in send order even when requests complete out of order.
+	ps.deliverMu.Lock()
+	defer ps.deliverMu.Unlock()
+	p.mu.Lock()
+	n := 0
+	for n < len(ps.inflight) && ps.inflight[n].finished {
+		n++
+	}
+	ready := make([]*pbatch, n)
+	copy(ready, ps.inflight[:n])
+	clear(ps.inflight[:n])
+	ps.inflight = ps.inflight[n:]
+	p.mu.Unlock()
+	for _, d := range ready {
+		for i, cb := range d.cbs {
+			res := Result{Partition: ps.id, Offset: -1, Err: d.err}
+			if d.err == nil {
+				res.Offset = d.base + int64(i)
+			}
+			cb(res)
+		}
+		d.recs, d.cbs = nil, nil
+		close(d.done)
+	}
+}
+
+// produceBatch sends one encoded batch, retrying only when the batch provably
+// was not appended, and returns the base offset assigned to it.
+func (p *Producer) produceBatch(part int32, payload []byte, nrecs int) (int64, error) {
+	start := time.Now()
+	req := &streamhousev1.ProduceRequest{
+		Topic:     p.topic,
+		Partition: &part,
+		Batch:     payload,
+		Acks:      p.cfg.acks,
+	}
+	for attempt := 0; ; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.requestTimeout)
+		resp, err := p.c.produce.Produce(ctx, connect.NewRequest(req))
+		cancel()
+		if err == nil {
+			return p.baseOffset(resp.Msg, part, nrecs)
+		}
+		kind, hint := classifyProduceError(err)
+		switch kind {
+		case outcomeRejected:
+			return -1, fmt.Errorf("client: produce to %s/%d: %w", p.topic, part, err)
+		case outcomeUnknown:
+			return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs, Err: err}
+		}
+		wait := max(p.cfg.backoff.delay(attempt), hint)
+		if time.Since(start)+wait > p.cfg.maxRetryDuration {
+			return -1, fmt.Errorf("client: produce to %s/%d: giving up after %d attempts in %v: %w",
+				p.topic, part, attempt+1, time.Since(start).Round(time.Millisecond), err)
+		}
+		time.Sleep(wait)
+	}
+}
+
+// baseOffset extracts the partition's base offset from a produce response.
+func (p *Producer) baseOffset(resp *streamhousev1.ProduceResponse, part int32, nrecs int) (int64, error) {
+	for _, r := range resp.GetResults() {
+		if r.GetPartition() != part {
+			continue
+		}
+		if int(r.GetRecordCount()) != nrecs {
+			return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs,
+				Err: fmt.Errorf("server reports %d records written, sent %d", r.GetRecordCount(), nrecs)}
+		}
+		return r.GetBaseOffset(), nil
+	}
+	return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs,
+		Err: errors.New("response has no result for the partition")}
+}
+
+// recordSize estimates the encoded size of a record in a batch, erring high.
+func recordSize(r *Record) int {
+	n := 5 + 1 + 5 + 5 // length, attributes, timestamp delta, offset delta
+	n += bytesSize(r.Key) + bytesSize(r.Value) + varintSize(len(r.Headers))
+	for i := range r.Headers {
+		n += varintSize(len(r.Headers[i].Key)) + len(r.Headers[i].Key) + bytesSize(r.Headers[i].Value)
+	}
+	return n
+}
+
+func bytesSize(b []byte) int { return varintSize(len(b)) + len(b) }
+
+func varintSize(n int) int {
+	u := uint64(n) << 1 // zigzag of a non-negative value
+	s := 1
+	for u >= 0x80 {
+		u >>= 7
+		s++
+	}
+	return s
+}
+
+func headersSize(hs []batch.Header) int {
+	n := 0
+	for i := range hs {
+		n += len(hs[i].Key) + len(hs[i].Value)
+	}
+	return n
+}
