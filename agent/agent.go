@@ -136,6 +136,12 @@ type Agent struct {
 	ctx     context.Context // cancelled by Close after the final flush
 	cancel  context.CancelFunc
 	closing chan struct{} // closed when Close starts: appends are refused
+	// closeMu is read-held by each Append from its last closing check to the
+	// end of its WAL wait; Close write-locks it once to wait for those.
+	closeMu sync.RWMutex
+	// drained is closed by Close once no append can reach the WAL any more;
+	// the upload loop then runs the final flush.
+	drained chan struct{}
 	wg      sync.WaitGroup
 
 	uploadDone chan struct{}
@@ -175,7 +181,7 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: log, wal: w, incarnation: randomHex(8),
 		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
-		flushNow: make(chan struct{}, 1), closing: make(chan struct{}), uploadDone: make(chan struct{}),
+		flushNow: make(chan struct{}, 1), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if st := w.Stats(); st.TruncatedBytes > 0 || st.QuarantinedSegments > 0 {
@@ -203,7 +209,11 @@ func (a *Agent) ID() string { return a.cfg.ID }
 func (a *Agent) Close(ctx context.Context) error {
 	a.closeOnce.Do(func() {
 		close(a.closing)
-		a.kickUpload()
+		// Wait for appends already past their closing check, so the final
+		// flush sees (and commits) everything they acknowledge.
+		a.closeMu.Lock()
+		close(a.drained)
+		a.closeMu.Unlock()
 		select {
 		case <-a.uploadDone:
 		case <-ctx.Done():

@@ -8,8 +8,8 @@ import (
 
 	"connectrpc.com/connect"
 
-	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/agent/wal"
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 )
 
 var errLeaseLost = errors.New("the agent lost the partition's lease before the records were committed; they may or may not become visible")

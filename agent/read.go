@@ -78,14 +78,22 @@ func (a *Agent) readObjects(ctx context.Context, p *partition, out []byte, next,
 		if err != nil {
 			return out, next, err
 		}
+		// The base offset is not covered by a batch's CRC: check that the
+		// section's batches tile [base, end) so a flipped bit there is
+		// reported, not served as wrong offsets (or as an empty read).
+		expect := sec.GetBaseOffset()
 		for len(data) > 0 && next < hw && len(out) < maxBytes {
 			meta, raw, rest, err := batch.Next(data)
+			if err == nil && (meta.BaseOffset != expect || meta.EndOffset() > sec.GetEndOffset()) {
+				err = fmt.Errorf("batch at [%d, %d) where the section [%d, %d) has offset %d: %w",
+					meta.BaseOffset, meta.EndOffset(), sec.GetBaseOffset(), sec.GetEndOffset(), expect, batch.ErrCorrupt)
+			}
 			if err != nil {
 				a.cache.remove(sectionKey(sec))
 				a.log.Error("corrupt batch in object", "object", sec.GetObjectKey(), "partition", p.key.String(), "offset", next, "err", err)
 				return out, next, connect.NewError(connect.CodeDataLoss, fmt.Errorf("partition %s: object %s is corrupt near offset %d: %w", p.key, sec.GetObjectKey(), next, err))
 			}
-			data = rest
+			data, expect = rest, meta.EndOffset()
 			if meta.EndOffset() <= next {
 				continue
 			}

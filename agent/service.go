@@ -8,9 +8,9 @@ import (
 
 	"connectrpc.com/connect"
 
+	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
-	"github.com/streamhouse/streamhouse/agent/wal"
 	"github.com/streamhouse/streamhouse/pkg/batch"
 	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
@@ -87,11 +87,23 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown acks %d; use ACKS_DURABLE or ACKS_WAL", acks))
 	}
 
+	// Close waits for appends between here and the end of their WAL wait
+	// (closeMu), so none reaches the WAL after the final flush started or
+	// after the WAL is closed.
+	a.closeMu.RLock()
+	if a.isClosing() {
+		a.closeMu.RUnlock()
+		return nil, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
+	}
 	// Assign offsets and enqueue under appendMu: the partition's frames
 	// reach the WAL in offset order.
 	p.appendMu.Lock()
-	if p.err != nil {
+	p.mu.Lock()
+	perr = p.err
+	p.mu.Unlock()
+	if perr != nil {
 		p.appendMu.Unlock()
+		a.closeMu.RUnlock()
 		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
 	}
 	base := p.nextOffset
@@ -102,7 +114,9 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	p.nextOffset = end
 	p.appendMu.Unlock()
 
-	if _, err := pend.Wait(ctx); err != nil {
+	_, err = pend.Wait(ctx)
+	a.closeMu.RUnlock()
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil, connect.NewError(connect.CodeCanceled, fmt.Errorf("partition %s: gave up waiting for the WAL fsync; the records may or may not be written: %w", p.key, err))
 		}

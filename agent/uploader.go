@@ -34,13 +34,13 @@ func (a *Agent) kickUpload() {
 }
 
 // uploadLoop flushes every FlushInterval (or sooner when FlushBytes are
-// waiting). On Close it flushes until the WAL holds nothing uncommitted, then
-// closes uploadDone.
+// waiting). When Close has drained the appends in flight (a.drained) it
+// flushes until the WAL holds nothing uncommitted, then closes uploadDone.
 func (a *Agent) uploadLoop() {
 	defer a.wg.Done()
 	t := time.NewTicker(a.cfg.FlushInterval)
 	defer t.Stop()
-	closing := a.closing
+	closing := a.drained
 	failures := 0
 	for {
 		select {
