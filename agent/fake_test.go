@@ -230,12 +230,6 @@ func (f *fakeController) sections(topic string, partition int32) []*v1.ObjectSec
 	return out
 }
 
-func (f *fakeController) committedObjects() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.objects...)
-}
-
 // failCommits makes every CommitObject fail with err (nil: succeed again).
 func (f *fakeController) failCommits(err error) {
 	f.mu.Lock()

@@ -25,7 +25,9 @@ func (n *Node) reportedWALEnd(topic string, partition int32) int64 {
 }
 
 // Controller returns the node's ControllerService implementation.
-func (n *Node) Controller() streamhousev1connect.ControllerServiceHandler { return controllerService{n} }
+func (n *Node) Controller() streamhousev1connect.ControllerServiceHandler {
+	return controllerService{n}
+}
 
 type controllerService struct{ n *Node }
 
@@ -271,4 +273,3 @@ func (c controllerService) GetRoutes(ctx context.Context, req *connect.Request[v
 	}
 	return connect.NewResponse(out), nil
 }
-

@@ -2,7 +2,6 @@ package wal
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 
 	"go.etcd.io/bbolt"
@@ -233,7 +232,7 @@ func loadIndex(tx *bbolt.Tx, bad func(error)) (ckpt Pos, parts []*storedPart, er
 // rewriteIndex replaces the whole index with the in-memory state.
 func (w *WAL) rewriteIndex(tx *bbolt.Tx, ckpt Pos) error {
 	if tx.Bucket(bktParts) != nil {
-		if err := tx.DeleteBucket(bktParts); err != nil && !errors.Is(err, bbolt.ErrBucketNotFound) {
+		if err := tx.DeleteBucket(bktParts); err != nil {
 			return err
 		}
 	}
