@@ -10,6 +10,7 @@ require (
 	github.com/streamhouse/streamhouse/controller v0.0.0
 	github.com/streamhouse/streamhouse/gateway v0.0.0
 	github.com/streamhouse/streamhouse/pkg v0.0.0
+	go.uber.org/goleak v1.3.0
 )
 
 require (
