@@ -202,12 +202,7 @@ func (a adminService) DescribeTopic(ctx context.Context, req *connect.Request[v1
 				CommittedEndOffset: p.CommittedEnd,
 				HighWatermark:      p.CommittedEnd,
 			}
-			if p.LeaseValid(now) {
-				pi.LeaderAgentId, pi.LeaderEpoch = p.Holder, p.Epoch
-				if ag, ok := s.Agents[p.Holder]; ok {
-					pi.LeaderAddress = ag.Address
-				}
-			}
+			pi.LeaderAgentId, pi.LeaderAddress, pi.LeaderEpoch = s.Leader(p, now)
 			if v1.Durability(t.Config.Durability) == v1.Durability_DURABILITY_WAL {
 				pi.HighWatermark = max(pi.HighWatermark, a.n.reportedWALEnd(t.Name, int32(i)))
 			}

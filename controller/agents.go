@@ -259,12 +259,7 @@ func (c controllerService) GetRoutes(ctx context.Context, req *connect.Request[v
 		out = &v1.GetRoutesResponse{Topic: topicInfo(t)}
 		for i, p := range t.Partitions {
 			r := &v1.PartitionRoute{Partition: int32(i)}
-			if p.LeaseValid(now) {
-				r.AgentId, r.Epoch = p.Holder, p.Epoch
-				if ag, ok := s.Agents[p.Holder]; ok {
-					r.Address = ag.Address
-				}
-			}
+			r.AgentId, r.Address, r.Epoch = s.Leader(p, now)
 			out.Routes = append(out.Routes, r)
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/streamhouse/streamhouse/pkg/fsutil"
 )
 
 // recover rebuilds the in-memory index from bbolt and the segment files,
@@ -244,7 +246,7 @@ func (w *WAL) quarantine(s *segment, off int64, cause error) error {
 		return fmt.Errorf("wal: quarantine %s: %w", s.path, errors.Join(cause, err))
 	}
 	if !w.opts.NoSync {
-		if err := syncDir(w.segDir); err != nil {
+		if err := fsutil.SyncDir(w.segDir); err != nil {
 			return fmt.Errorf("wal: quarantine %s: fsync directory: %w", s.path, err)
 		}
 	}

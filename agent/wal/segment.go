@@ -1,7 +1,6 @@
 package wal
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -10,6 +9,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/streamhouse/streamhouse/pkg/fsutil"
 )
 
 const (
@@ -70,7 +71,7 @@ func (w *WAL) createSegment(seq uint64) (*segWriter, error) {
 		return nil, fmt.Errorf("create segment: %w", err)
 	}
 	if !w.opts.NoSync {
-		if err := syncDir(w.segDir); err != nil {
+		if err := fsutil.SyncDir(w.segDir); err != nil {
 			_ = f.Close()
 			return nil, fmt.Errorf("fsync segment directory: %w", err)
 		}
@@ -150,19 +151,4 @@ func fdatasync(f *os.File) error {
 		return err
 	}
 	return serr
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if errors.Is(err, unix.EINVAL) { // some filesystems do not support directory fsync
-		err = nil
-	}
-	return err
 }

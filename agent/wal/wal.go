@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"go.etcd.io/bbolt"
+
+	"github.com/streamhouse/streamhouse/pkg/fsutil"
 )
 
 // Errors returned by the WAL. Test with errors.Is.
@@ -769,7 +771,7 @@ func (w *WAL) collectGarbage() {
 		s.release()
 	}
 	if len(del) > 0 && !w.opts.NoSync {
-		if err := syncDir(w.segDir); err != nil {
+		if err := fsutil.SyncDir(w.segDir); err != nil {
 			w.log.Warn("fsync segment directory", "err", err)
 		}
 	}

@@ -110,3 +110,15 @@ func (p *Partition) Lookup(offset int64, max int) []Section {
 func (p *Partition) LeaseValid(nowMs int64) bool {
 	return p.Holder != "" && p.ExpiresMs > nowMs
 }
+
+// Leader returns the agent holding p's lease at nowMs, its address and the
+// lease epoch; all zero when no valid lease exists.
+func (s *State) Leader(p *Partition, nowMs int64) (agentID, address string, epoch int64) {
+	if !p.LeaseValid(nowMs) {
+		return "", "", 0
+	}
+	if ag, ok := s.Agents[p.Holder]; ok {
+		address = ag.Address
+	}
+	return p.Holder, address, p.Epoch
+}

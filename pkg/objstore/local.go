@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/streamhouse/streamhouse/pkg/fsutil"
 )
 
 // localTmpDir is the directory, directly under a Local store's root, that
@@ -143,7 +145,7 @@ func (l *Local) putIfAbsent(ctx context.Context, key string, data []byte) error 
 		}
 		return err
 	}
-	return syncDir(parent)
+	return fsutil.SyncDir(parent)
 }
 
 // existsError explains why target cannot be created.
@@ -173,7 +175,7 @@ func (l *Local) mkdirs(dir string) error {
 		err := os.Mkdir(next, 0o755)
 		switch {
 		case err == nil:
-			if err := syncDir(cur); err != nil {
+			if err := fsutil.SyncDir(cur); err != nil {
 				return err
 			}
 		case errors.Is(err, fs.ErrExist):
@@ -185,18 +187,6 @@ func (l *Local) mkdirs(dir string) error {
 		cur = next
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // Get implements Store.Get.
