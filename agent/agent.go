@@ -174,6 +174,7 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 		cfg.ID = id
 	}
 	log := cfg.Logger.With("component", "agent", "agent_id", cfg.ID)
+	cfg.Store = objstore.Metered(cfg.Store, "streamhouse_agent")
 	w, err := wal.Open(wal.Options{Dir: filepath.Join(cfg.DataDir, "wal"), NoSync: cfg.NoSync, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("agent: open WAL: %w", err)

@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	connectrpc.com/connect v1.21.1
+	github.com/VictoriaMetrics/metrics v1.45.0
 	github.com/oklog/ulid/v2 v2.1.2
 	github.com/streamhouse/streamhouse/api v0.0.0-00010101000000-000000000000
 	github.com/streamhouse/streamhouse/pkg v0.0.0-00010101000000-000000000000
@@ -27,6 +28,8 @@ require (
 	github.com/rs/xid v1.6.0 // indirect
 	github.com/tinylib/msgp v1.6.4 // indirect
 	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
+	github.com/valyala/fastrand v1.1.0 // indirect
+	github.com/valyala/histogram v1.2.0 // indirect
 	github.com/zeebo/xxh3 v1.1.0 // indirect
 	go.yaml.in/yaml/v3 v3.0.5 // indirect
 	golang.org/x/crypto v0.57.0 // indirect

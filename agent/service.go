@@ -127,6 +127,8 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("partition %s: WAL write failed: %w", p.key, err))
 	}
 	p.advanceWALEnd(end)
+	appendRecords.Add(int(meta.NumRecords))
+	appendBytes.Add(len(b))
 	a.noteUnuploaded(len(b))
 
 	if acks == v1.Acks_ACKS_DURABLE {

@@ -151,6 +151,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 		return 0, fmt.Errorf("build object: %w", err)
 	}
 	key := a.objectKey(time.Now())
+	start := time.Now()
 	if err := a.put(ctx, key, obj); err != nil {
 		return 0, err
 	}
@@ -198,6 +199,10 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 			pl.p.mu.Unlock()
 		}
 	}
+	flushesTotal.Inc()
+	flushBytes.Update(float64(len(obj)))
+	flushDuration.UpdateDuration(start)
+	flushPartitions.Update(float64(len(plans)))
 	a.unuploaded.Add(-int64(uploaded))
 	if a.unuploaded.Load() < 0 {
 		a.unuploaded.Store(0)

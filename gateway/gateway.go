@@ -99,16 +99,18 @@ func New(cfg Config) (*Gateway, error) {
 
 // Handler returns one http.Handler serving AdminService, ProduceService and
 // ConsumeService (each over Connect, gRPC and gRPC-web; request messages up
-// to ReadMaxBytes) and GET /healthz, which answers 200 "ok".
+// to ReadMaxBytes), GET /metrics (Prometheus text format) and GET /healthz,
+// which answers 200 "ok".
 //
 // gRPC needs HTTP/2: serve the handler with TLS, or without TLS with
 // http.Server.Protocols allowing UnencryptedHTTP2 (h2c), as NewHTTPServer does.
 func (g *Gateway) Handler() http.Handler {
-	opts := []connect.HandlerOption{connect.WithReadMaxBytes(ReadMaxBytes)}
+	opts := []connect.HandlerOption{connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor())}
 	mux := http.NewServeMux()
 	mux.Handle(streamhousev1connect.NewAdminServiceHandler(adminService{g}, opts...))
 	mux.Handle(streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...))
 	mux.Handle(streamhousev1connect.NewConsumeServiceHandler(consumeService{g}, opts...))
+	mux.HandleFunc("GET /metrics", serveMetrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok"))

@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	connectrpc.com/connect v1.21.1
+	github.com/VictoriaMetrics/metrics v1.45.0
 	github.com/streamhouse/streamhouse/api v0.0.0
 	github.com/streamhouse/streamhouse/pkg v0.0.0
 	go.uber.org/goleak v1.3.0
@@ -14,6 +15,9 @@ require (
 	github.com/klauspost/compress v1.20.4 // indirect
 	github.com/pierrec/lz4/v4 v4.1.33 // indirect
 	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
+	github.com/valyala/fastrand v1.1.0 // indirect
+	github.com/valyala/histogram v1.2.0 // indirect
+	golang.org/x/sys v0.48.0 // indirect
 )
 
 replace github.com/streamhouse/streamhouse/api => ../api
