@@ -174,6 +174,9 @@ func (a adminService) DeleteTopic(ctx context.Context, req *connect.Request[v1.D
 }
 
 func (a adminService) ListTopics(ctx context.Context, req *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error) {
+	if err := a.n.verifyLeader(); err != nil {
+		return nil, err
+	}
 	out := &v1.ListTopicsResponse{}
 	a.n.fsm.Read(func(s *fsm.State) {
 		for _, name := range s.TopicNames() {
@@ -186,6 +189,9 @@ func (a adminService) ListTopics(ctx context.Context, req *connect.Request[v1.Li
 func (a adminService) DescribeTopic(ctx context.Context, req *connect.Request[v1.DescribeTopicRequest]) (*connect.Response[v1.DescribeTopicResponse], error) {
 	if err := ValidateTopicName(req.Msg.GetName()); err != nil {
 		return nil, invalid("%v", err)
+	}
+	if err := a.n.verifyLeader(); err != nil {
+		return nil, err
 	}
 	now := a.n.cfg.Now().UnixMilli()
 	var out *v1.DescribeTopicResponse

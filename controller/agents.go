@@ -268,3 +268,31 @@ func (c controllerService) GetRoutes(ctx context.Context, req *connect.Request[v
 	}
 	return connect.NewResponse(out), nil
 }
+
+// ReleaseLeases gives up an agent process's leases and hands them to other
+// live agents at once.
+func (c controllerService) ReleaseLeases(ctx context.Context, req *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
+	m := req.Msg
+	if m.GetAgentId() == "" || m.GetIncarnation() == "" {
+		return nil, invalid("release needs agent_id and incarnation")
+	}
+	cmd := fsm.ReleaseLeases{AgentID: m.GetAgentId(), Incarnation: m.GetIncarnation()}
+	for _, p := range m.GetPartitions() {
+		cmd.Partitions = append(cmd.Partitions, fsm.PartitionRef{Topic: p.GetTopic(), Partition: p.GetPartition()})
+	}
+	res, err := c.n.apply(ctx, fsm.ReleaseLeasesType, cmd)
+	if err != nil {
+		return nil, applyError("release leases", err)
+	}
+	released, _ := res.(int)
+	c.n.mu.Lock()
+	if len(m.GetPartitions()) == 0 {
+		delete(c.n.live, m.GetAgentId()) // it is leaving: give it nothing more
+	}
+	c.n.mu.Unlock()
+	c.n.log.Info("agent released its leases", "agent", m.GetAgentId(), "released", released)
+	if err := c.n.assignFree(ctx); err != nil {
+		c.n.log.Warn("hand released partitions to other agents; they take them at their next heartbeat", "err", err)
+	}
+	return connect.NewResponse(&v1.ReleaseLeasesResponse{Released: int32(released)}), nil
+}

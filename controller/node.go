@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -39,6 +40,35 @@ type Config struct {
 	Logger *slog.Logger
 	// Now is the clock used to stamp leases. Default time.Now. Tests replace it.
 	Now func() time.Time
+
+	// RaftAddress is the TCP address Raft listens on (host:port; port 0
+	// picks one). Empty runs a single voter on an in-memory transport, as
+	// `streamhouse dev` does.
+	RaftAddress string
+	// RaftAdvertise is the Raft address other voters dial; default the
+	// bound RaftAddress (which must then not be a wildcard).
+	RaftAdvertise string
+	// APIAddress is the advertised address of this node's Connect API;
+	// followers forward writes to the leader's.
+	APIAddress string
+	// InitialCluster lists every voter of a new cluster. A node whose data
+	// directory holds no Raft state bootstraps with it (every member is
+	// given the same list). Empty with RaftAddress set: the node waits to
+	// be added by AddVoter (join).
+	InitialCluster []Peer
+	// RaftListener, when set, is used for Raft instead of binding
+	// RaftAddress (tests bind port 0 first to learn the address).
+	RaftListener net.Listener
+}
+
+// clustered reports whether the node runs Raft over TCP (a cluster) rather
+// than as a single in-memory voter.
+func (n *Node) clustered() bool { return n.cfg.RaftAddress != "" || n.cfg.RaftListener != nil }
+
+// Peer is one voter of an initial cluster.
+type Peer struct {
+	ID          string
+	RaftAddress string
 }
 
 func (c *Config) setDefaults() error {
@@ -71,7 +101,9 @@ type Node struct {
 	raft  *raft.Raft
 	logs  *raftwal.WAL
 	meta  *metadb.BoltMetaDB
-	trans *raft.InmemTransport
+	trans raft.Transport
+	stop  chan struct{}
+	wg    sync.WaitGroup
 
 	// progress holds the WAL end offsets agents report in heartbeats; it is
 	// leader memory, not replicated (a new leader learns it within a heartbeat).
@@ -94,17 +126,68 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "controller"), fsm: fsm.New(),
-		progress: map[partKey]int64{}, live: map[string]time.Time{}}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "controller", "node", cfg.NodeID), fsm: fsm.New(),
+		progress: map[partKey]int64{}, live: map[string]time.Time{}, stop: make(chan struct{})}
 	if err := n.startRaft(); err != nil {
 		n.Close()
 		return nil, err
 	}
-	if err := n.waitLeader(ctx); err != nil {
-		n.Close()
-		return nil, err
+	n.wg.Add(1)
+	go n.watchLeadership()
+	if !n.clustered() {
+		if err := n.waitLeader(ctx); err != nil {
+			n.Close()
+			return nil, err
+		}
 	}
 	return n, nil
+}
+
+// Start returns a node that is part of a cluster; it may or may not lead.
+// It is Open under its cluster name, for readers of cmd code.
+var Start = Open
+
+// watchLeadership records this node's API address in the FSM whenever it
+// becomes leader, so followers know where to forward.
+func (n *Node) watchLeadership() {
+	defer n.wg.Done()
+	for {
+		select {
+		case <-n.stop:
+			return
+		case isLeader := <-n.raft.LeaderCh():
+			if !isLeader {
+				n.log.Info("lost leadership")
+				continue
+			}
+			n.log.Info("became the Raft leader")
+			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
+				n.log.Warn("barrier after election", "err", err)
+				continue
+			}
+			if n.cfg.APIAddress != "" {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				if _, err := n.apply(ctx, fsm.SetControllerType, fsm.SetController{ID: n.cfg.NodeID, APIAddress: n.cfg.APIAddress}); err != nil {
+					n.log.Warn("record leader address", "err", err)
+				}
+				cancel()
+			}
+		}
+	}
+}
+
+// IsLeader reports whether this node is the Raft leader now.
+func (n *Node) IsLeader() bool { return n.raft.State() == raft.Leader }
+
+// LeaderAPIAddress returns the API address of the current leader, or "".
+func (n *Node) LeaderAPIAddress() string {
+	_, id := n.raft.LeaderWithID()
+	if id == "" {
+		return ""
+	}
+	var addr string
+	n.fsm.Read(func(s *fsm.State) { addr = s.Controllers[string(id)] })
+	return addr
 }
 
 func (n *Node) startRaft() error {
@@ -128,33 +211,62 @@ func (n *Node) startRaft() error {
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(n.cfg.NodeID)
 	rc.Logger = hlog
-	// A single voter elects itself after one heartbeat timeout; keep it short
-	// so `streamhouse dev` starts fast.
-	rc.HeartbeatTimeout = 200 * time.Millisecond
-	rc.ElectionTimeout = 200 * time.Millisecond
-	rc.LeaderLeaseTimeout = 100 * time.Millisecond
+	// Short timeouts: a single voter elects itself after one heartbeat
+	// timeout, and a cluster replaces a dead leader in about a second.
+	rc.HeartbeatTimeout = 500 * time.Millisecond
+	rc.ElectionTimeout = 500 * time.Millisecond
+	rc.LeaderLeaseTimeout = 250 * time.Millisecond
 	rc.SnapshotThreshold = 4096
 
-	addr, trans := raft.NewInmemTransport(raft.ServerAddress(n.cfg.NodeID))
-	n.trans = trans
+	var addr raft.ServerAddress
+	if !n.clustered() {
+		rc.HeartbeatTimeout, rc.ElectionTimeout, rc.LeaderLeaseTimeout = 200*time.Millisecond, 200*time.Millisecond, 100*time.Millisecond
+		a, trans := raft.NewInmemTransport(raft.ServerAddress(n.cfg.NodeID))
+		addr, n.trans = a, trans
+	} else {
+		trans, err := newTCPTransport(n.cfg.RaftListener, n.cfg.RaftAddress, n.cfg.RaftAdvertise, hlog)
+		if err != nil {
+			return err
+		}
+		addr, n.trans = trans.LocalAddr(), trans
+	}
 	existing, err := raft.HasExistingState(logs, logs, snaps)
 	if err != nil {
 		return fmt.Errorf("inspect raft state: %w", err)
 	}
-	r, err := raft.NewRaft(rc, n.fsm, logs, logs, snaps, trans)
+	r, err := raft.NewRaft(rc, n.fsm, logs, logs, snaps, n.trans)
 	if err != nil {
 		return fmt.Errorf("start raft: %w", err)
 	}
 	n.raft = r
-	if !existing {
-		f := r.BootstrapCluster(raft.Configuration{Servers: []raft.Server{{ID: rc.LocalID, Address: addr}}})
-		if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
-			return fmt.Errorf("bootstrap raft: %w", err)
-		}
-		n.log.Info("bootstrapped a new controller cluster", "node", n.cfg.NodeID, "dir", raftDir)
+	if existing {
+		return nil
 	}
+	var servers []raft.Server
+	switch {
+	case !n.clustered():
+		servers = []raft.Server{{ID: rc.LocalID, Address: addr}}
+	case len(n.cfg.InitialCluster) > 0:
+		self := false
+		for _, p := range n.cfg.InitialCluster {
+			servers = append(servers, raft.Server{ID: raft.ServerID(p.ID), Address: raft.ServerAddress(p.RaftAddress)})
+			self = self || p.ID == n.cfg.NodeID
+		}
+		if !self {
+			return fmt.Errorf("initial cluster does not list this node's id %q", n.cfg.NodeID)
+		}
+	default:
+		n.log.Info("no Raft state and no initial cluster: waiting to be added as a voter", "raft_address", addr)
+		return nil
+	}
+	f := r.BootstrapCluster(raft.Configuration{Servers: servers})
+	if err := f.Error(); err != nil && !errors.Is(err, raft.ErrCantBootstrap) {
+		return fmt.Errorf("bootstrap raft: %w", err)
+	}
+	n.log.Info("bootstrapped a new controller cluster", "voters", len(servers), "dir", raftDir)
 	return nil
 }
+
 
 func (n *Node) waitLeader(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -207,11 +319,20 @@ func (n *Node) Snapshot() error {
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
 		var errs []error
+		if n.stop != nil {
+			close(n.stop)
+		}
 		if n.raft != nil {
 			errs = append(errs, n.raft.Shutdown().Error())
 		}
-		if n.trans != nil {
-			errs = append(errs, n.trans.Close())
+		n.wg.Wait()
+		// Close pooled outbound connections too: the peers' handlers of
+		// those connections only exit when they see them close.
+		if nt, ok := n.trans.(*raft.NetworkTransport); ok {
+			nt.CloseStreams()
+		}
+		if c, ok := n.trans.(io.Closer); ok && c != nil {
+			errs = append(errs, c.Close())
 		}
 		if n.logs != nil {
 			errs = append(errs, n.logs.Close())

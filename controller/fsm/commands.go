@@ -20,7 +20,16 @@ const (
 	CommitObjectType MessageType = 4
 	// ReleaseLeasesType gives up an agent's leases (ReleaseLeases).
 	ReleaseLeasesType MessageType = 5
+	// SetControllerType records a controller's API address (SetController).
+	SetControllerType MessageType = 6
 )
+
+// SetController records (or, with an empty APIAddress, removes) the API
+// address of the controller with Raft id ID.
+type SetController struct {
+	ID         string `json:"id"`
+	APIAddress string `json:"api_address"`
+}
 
 // CreateTopic creates a topic with all partitions empty and unleased.
 type CreateTopic struct {

@@ -74,6 +74,14 @@ func (s *State) apply(t MessageType, data []byte, index uint64) any {
 		return s.commitObject(decode[CommitObject](data, index))
 	case ReleaseLeasesType:
 		return s.releaseLeases(decode[ReleaseLeases](data, index))
+	case SetControllerType:
+		c := decode[SetController](data, index)
+		if c.APIAddress == "" {
+			delete(s.Controllers, c.ID)
+		} else {
+			s.Controllers[c.ID] = c.APIAddress
+		}
+		return nil
 	default:
 		panic(fmt.Sprintf("fsm: unknown message type %d at index %d", t, index))
 	}
@@ -130,15 +138,28 @@ func (s *State) grantLeases(c GrantLeases) any {
 	return nil
 }
 
+// releaseLeases returns the number of leases released. No partitions listed
+// means every lease of the agent process.
 func (s *State) releaseLeases(c ReleaseLeases) any {
-	for _, ref := range c.Partitions {
-		p := s.partition(ref.Topic, ref.Partition)
+	released := 0
+	release := func(p *Partition) {
 		if p == nil || p.Holder != c.AgentID || p.Incarnation != c.Incarnation {
-			continue
+			return
 		}
 		p.Holder, p.Incarnation, p.ExpiresMs = "", "", 0
+		released++
 	}
-	return nil
+	if len(c.Partitions) == 0 {
+		for _, name := range s.TopicNames() {
+			for _, p := range s.Topics[name].Partitions {
+				release(p)
+			}
+		}
+	}
+	for _, ref := range c.Partitions {
+		release(s.partition(ref.Topic, ref.Partition))
+	}
+	return released
 }
 
 func (s *State) commitObject(c CommitObject) any {
@@ -197,6 +218,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if s.Agents == nil {
 		s.Agents = map[string]*Agent{}
+	}
+	if s.Controllers == nil {
+		s.Controllers = map[string]string{}
 	}
 	f.mu.Lock()
 	f.state = s

@@ -76,12 +76,15 @@ type Agent struct {
 type State struct {
 	Topics map[string]*Topic `json:"topics"`
 	Agents map[string]*Agent `json:"agents"`
+	// Controllers maps a controller's Raft id to its API address, so any
+	// node can forward to the leader.
+	Controllers map[string]string `json:"controllers,omitempty"`
 	// Index is the Raft index of the last applied entry.
 	Index uint64 `json:"index"`
 }
 
 func newState() *State {
-	return &State{Topics: map[string]*Topic{}, Agents: map[string]*Agent{}}
+	return &State{Topics: map[string]*Topic{}, Agents: map[string]*Agent{}, Controllers: map[string]string{}}
 }
 
 // TopicNames returns the topic names in sorted order.

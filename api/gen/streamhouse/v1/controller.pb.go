@@ -912,6 +912,164 @@ func (x *GetRoutesResponse) GetRoutes() []*PartitionRoute {
 	return nil
 }
 
+type ReleaseLeasesRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AgentId     string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Incarnation string                 `protobuf:"bytes,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	// Partitions to release; empty releases every lease of the agent process.
+	Partitions    []*PartitionRef `protobuf:"bytes,3,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeasesRequest) Reset() {
+	*x = ReleaseLeasesRequest{}
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeasesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeasesRequest) ProtoMessage() {}
+
+func (x *ReleaseLeasesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeasesRequest.ProtoReflect.Descriptor instead.
+func (*ReleaseLeasesRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_controller_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ReleaseLeasesRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *ReleaseLeasesRequest) GetIncarnation() string {
+	if x != nil {
+		return x.Incarnation
+	}
+	return ""
+}
+
+func (x *ReleaseLeasesRequest) GetPartitions() []*PartitionRef {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+// PartitionRef names one partition.
+type PartitionRef struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PartitionRef) Reset() {
+	*x = PartitionRef{}
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PartitionRef) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PartitionRef) ProtoMessage() {}
+
+func (x *PartitionRef) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PartitionRef.ProtoReflect.Descriptor instead.
+func (*PartitionRef) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_controller_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *PartitionRef) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *PartitionRef) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+type ReleaseLeasesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Released      int32                  `protobuf:"varint,1,opt,name=released,proto3" json:"released,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleaseLeasesResponse) Reset() {
+	*x = ReleaseLeasesResponse{}
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleaseLeasesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleaseLeasesResponse) ProtoMessage() {}
+
+func (x *ReleaseLeasesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_controller_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleaseLeasesResponse.ProtoReflect.Descriptor instead.
+func (*ReleaseLeasesResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_controller_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReleaseLeasesResponse) GetReleased() int32 {
+	if x != nil {
+		return x.Released
+	}
+	return 0
+}
+
 var File_streamhouse_v1_controller_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_controller_proto_rawDesc = "" +
@@ -984,12 +1142,24 @@ const file_streamhouse_v1_controller_proto_rawDesc = "" +
 	"\x05epoch\x18\x04 \x01(\x03R\x05epoch\"|\n" +
 	"\x11GetRoutesResponse\x12/\n" +
 	"\x05topic\x18\x01 \x01(\v2\x19.streamhouse.v1.TopicInfoR\x05topic\x126\n" +
-	"\x06routes\x18\x02 \x03(\v2\x1e.streamhouse.v1.PartitionRouteR\x06routes2\xfe\x02\n" +
+	"\x06routes\x18\x02 \x03(\v2\x1e.streamhouse.v1.PartitionRouteR\x06routes\"\x91\x01\n" +
+	"\x14ReleaseLeasesRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\tR\vincarnation\x12<\n" +
+	"\n" +
+	"partitions\x18\x03 \x03(\v2\x1c.streamhouse.v1.PartitionRefR\n" +
+	"partitions\"B\n" +
+	"\fPartitionRef\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\"3\n" +
+	"\x15ReleaseLeasesResponse\x12\x1a\n" +
+	"\breleased\x18\x01 \x01(\x05R\breleased2\xde\x03\n" +
 	"\x11ControllerService\x12R\n" +
 	"\tHeartbeat\x12 .streamhouse.v1.HeartbeatRequest\x1a!.streamhouse.v1.HeartbeatResponse\"\x00\x12[\n" +
 	"\fCommitObject\x12#.streamhouse.v1.CommitObjectRequest\x1a$.streamhouse.v1.CommitObjectResponse\"\x00\x12a\n" +
 	"\rLookupObjects\x12$.streamhouse.v1.LookupObjectsRequest\x1a%.streamhouse.v1.LookupObjectsResponse\"\x03\x90\x02\x01\x12U\n" +
-	"\tGetRoutes\x12 .streamhouse.v1.GetRoutesRequest\x1a!.streamhouse.v1.GetRoutesResponse\"\x03\x90\x02\x01BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
+	"\tGetRoutes\x12 .streamhouse.v1.GetRoutesRequest\x1a!.streamhouse.v1.GetRoutesResponse\"\x03\x90\x02\x01\x12^\n" +
+	"\rReleaseLeases\x12$.streamhouse.v1.ReleaseLeasesRequest\x1a%.streamhouse.v1.ReleaseLeasesResponse\"\x00BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
 
 var (
 	file_streamhouse_v1_controller_proto_rawDescOnce sync.Once
@@ -1003,7 +1173,7 @@ func file_streamhouse_v1_controller_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_controller_proto_rawDescData
 }
 
-var file_streamhouse_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_streamhouse_v1_controller_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_streamhouse_v1_controller_proto_goTypes = []any{
 	(*PartitionProgress)(nil),     // 0: streamhouse.v1.PartitionProgress
 	(*HeartbeatRequest)(nil),      // 1: streamhouse.v1.HeartbeatRequest
@@ -1018,30 +1188,36 @@ var file_streamhouse_v1_controller_proto_goTypes = []any{
 	(*GetRoutesRequest)(nil),      // 10: streamhouse.v1.GetRoutesRequest
 	(*PartitionRoute)(nil),        // 11: streamhouse.v1.PartitionRoute
 	(*GetRoutesResponse)(nil),     // 12: streamhouse.v1.GetRoutesResponse
-	(*TopicInfo)(nil),             // 13: streamhouse.v1.TopicInfo
+	(*ReleaseLeasesRequest)(nil),  // 13: streamhouse.v1.ReleaseLeasesRequest
+	(*PartitionRef)(nil),          // 14: streamhouse.v1.PartitionRef
+	(*ReleaseLeasesResponse)(nil), // 15: streamhouse.v1.ReleaseLeasesResponse
+	(*TopicInfo)(nil),             // 16: streamhouse.v1.TopicInfo
 }
 var file_streamhouse_v1_controller_proto_depIdxs = []int32{
 	0,  // 0: streamhouse.v1.HeartbeatRequest.progress:type_name -> streamhouse.v1.PartitionProgress
-	13, // 1: streamhouse.v1.Lease.topic:type_name -> streamhouse.v1.TopicInfo
+	16, // 1: streamhouse.v1.Lease.topic:type_name -> streamhouse.v1.TopicInfo
 	2,  // 2: streamhouse.v1.HeartbeatResponse.leases:type_name -> streamhouse.v1.Lease
 	4,  // 3: streamhouse.v1.CommitObjectRequest.sections:type_name -> streamhouse.v1.ObjectSection
 	6,  // 4: streamhouse.v1.CommitObjectResponse.results:type_name -> streamhouse.v1.SectionResult
 	4,  // 5: streamhouse.v1.LookupObjectsResponse.sections:type_name -> streamhouse.v1.ObjectSection
-	13, // 6: streamhouse.v1.GetRoutesResponse.topic:type_name -> streamhouse.v1.TopicInfo
+	16, // 6: streamhouse.v1.GetRoutesResponse.topic:type_name -> streamhouse.v1.TopicInfo
 	11, // 7: streamhouse.v1.GetRoutesResponse.routes:type_name -> streamhouse.v1.PartitionRoute
-	1,  // 8: streamhouse.v1.ControllerService.Heartbeat:input_type -> streamhouse.v1.HeartbeatRequest
-	5,  // 9: streamhouse.v1.ControllerService.CommitObject:input_type -> streamhouse.v1.CommitObjectRequest
-	8,  // 10: streamhouse.v1.ControllerService.LookupObjects:input_type -> streamhouse.v1.LookupObjectsRequest
-	10, // 11: streamhouse.v1.ControllerService.GetRoutes:input_type -> streamhouse.v1.GetRoutesRequest
-	3,  // 12: streamhouse.v1.ControllerService.Heartbeat:output_type -> streamhouse.v1.HeartbeatResponse
-	7,  // 13: streamhouse.v1.ControllerService.CommitObject:output_type -> streamhouse.v1.CommitObjectResponse
-	9,  // 14: streamhouse.v1.ControllerService.LookupObjects:output_type -> streamhouse.v1.LookupObjectsResponse
-	12, // 15: streamhouse.v1.ControllerService.GetRoutes:output_type -> streamhouse.v1.GetRoutesResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	14, // 8: streamhouse.v1.ReleaseLeasesRequest.partitions:type_name -> streamhouse.v1.PartitionRef
+	1,  // 9: streamhouse.v1.ControllerService.Heartbeat:input_type -> streamhouse.v1.HeartbeatRequest
+	5,  // 10: streamhouse.v1.ControllerService.CommitObject:input_type -> streamhouse.v1.CommitObjectRequest
+	8,  // 11: streamhouse.v1.ControllerService.LookupObjects:input_type -> streamhouse.v1.LookupObjectsRequest
+	10, // 12: streamhouse.v1.ControllerService.GetRoutes:input_type -> streamhouse.v1.GetRoutesRequest
+	13, // 13: streamhouse.v1.ControllerService.ReleaseLeases:input_type -> streamhouse.v1.ReleaseLeasesRequest
+	3,  // 14: streamhouse.v1.ControllerService.Heartbeat:output_type -> streamhouse.v1.HeartbeatResponse
+	7,  // 15: streamhouse.v1.ControllerService.CommitObject:output_type -> streamhouse.v1.CommitObjectResponse
+	9,  // 16: streamhouse.v1.ControllerService.LookupObjects:output_type -> streamhouse.v1.LookupObjectsResponse
+	12, // 17: streamhouse.v1.ControllerService.GetRoutes:output_type -> streamhouse.v1.GetRoutesResponse
+	15, // 18: streamhouse.v1.ControllerService.ReleaseLeases:output_type -> streamhouse.v1.ReleaseLeasesResponse
+	14, // [14:19] is the sub-list for method output_type
+	9,  // [9:14] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_controller_proto_init() }
@@ -1056,7 +1232,7 @@ func file_streamhouse_v1_controller_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_controller_proto_rawDesc), len(file_streamhouse_v1_controller_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

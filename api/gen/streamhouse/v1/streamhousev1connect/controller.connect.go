@@ -45,6 +45,9 @@ const (
 	// ControllerServiceGetRoutesProcedure is the fully-qualified name of the ControllerService's
 	// GetRoutes RPC.
 	ControllerServiceGetRoutesProcedure = "/streamhouse.v1.ControllerService/GetRoutes"
+	// ControllerServiceReleaseLeasesProcedure is the fully-qualified name of the ControllerService's
+	// ReleaseLeases RPC.
+	ControllerServiceReleaseLeasesProcedure = "/streamhouse.v1.ControllerService/ReleaseLeases"
 )
 
 // ControllerServiceClient is a client for the streamhouse.v1.ControllerService service.
@@ -63,6 +66,10 @@ type ControllerServiceClient interface {
 	LookupObjects(context.Context, *connect.Request[v1.LookupObjectsRequest]) (*connect.Response[v1.LookupObjectsResponse], error)
 	// GetRoutes returns a topic's settings and which agent holds each partition.
 	GetRoutes(context.Context, *connect.Request[v1.GetRoutesRequest]) (*connect.Response[v1.GetRoutesResponse], error)
+	// ReleaseLeases gives up leases of an agent process at once (graceful
+	// shutdown, after its final upload), so other agents take them without
+	// waiting for the leases to expire. Empty partitions releases all.
+	ReleaseLeases(context.Context, *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error)
 }
 
 // NewControllerServiceClient constructs a client for the streamhouse.v1.ControllerService service.
@@ -102,6 +109,12 @@ func NewControllerServiceClient(httpClient connect.HTTPClient, baseURL string, o
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		releaseLeases: connect.NewClient[v1.ReleaseLeasesRequest, v1.ReleaseLeasesResponse](
+			httpClient,
+			baseURL+ControllerServiceReleaseLeasesProcedure,
+			connect.WithSchema(controllerServiceMethods.ByName("ReleaseLeases")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
@@ -111,6 +124,7 @@ type controllerServiceClient struct {
 	commitObject  *connect.Client[v1.CommitObjectRequest, v1.CommitObjectResponse]
 	lookupObjects *connect.Client[v1.LookupObjectsRequest, v1.LookupObjectsResponse]
 	getRoutes     *connect.Client[v1.GetRoutesRequest, v1.GetRoutesResponse]
+	releaseLeases *connect.Client[v1.ReleaseLeasesRequest, v1.ReleaseLeasesResponse]
 }
 
 // Heartbeat calls streamhouse.v1.ControllerService.Heartbeat.
@@ -133,6 +147,11 @@ func (c *controllerServiceClient) GetRoutes(ctx context.Context, req *connect.Re
 	return c.getRoutes.CallUnary(ctx, req)
 }
 
+// ReleaseLeases calls streamhouse.v1.ControllerService.ReleaseLeases.
+func (c *controllerServiceClient) ReleaseLeases(ctx context.Context, req *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
+	return c.releaseLeases.CallUnary(ctx, req)
+}
+
 // ControllerServiceHandler is an implementation of the streamhouse.v1.ControllerService service.
 type ControllerServiceHandler interface {
 	// Heartbeat registers an agent and renews all its leases in one call. The
@@ -149,6 +168,10 @@ type ControllerServiceHandler interface {
 	LookupObjects(context.Context, *connect.Request[v1.LookupObjectsRequest]) (*connect.Response[v1.LookupObjectsResponse], error)
 	// GetRoutes returns a topic's settings and which agent holds each partition.
 	GetRoutes(context.Context, *connect.Request[v1.GetRoutesRequest]) (*connect.Response[v1.GetRoutesResponse], error)
+	// ReleaseLeases gives up leases of an agent process at once (graceful
+	// shutdown, after its final upload), so other agents take them without
+	// waiting for the leases to expire. Empty partitions releases all.
+	ReleaseLeases(context.Context, *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error)
 }
 
 // NewControllerServiceHandler builds an HTTP handler from the service implementation. It returns
@@ -184,6 +207,12 @@ func NewControllerServiceHandler(svc ControllerServiceHandler, opts ...connect.H
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	controllerServiceReleaseLeasesHandler := connect.NewUnaryHandler(
+		ControllerServiceReleaseLeasesProcedure,
+		svc.ReleaseLeases,
+		connect.WithSchema(controllerServiceMethods.ByName("ReleaseLeases")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/streamhouse.v1.ControllerService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ControllerServiceHeartbeatProcedure:
@@ -194,6 +223,8 @@ func NewControllerServiceHandler(svc ControllerServiceHandler, opts ...connect.H
 			controllerServiceLookupObjectsHandler.ServeHTTP(w, r)
 		case ControllerServiceGetRoutesProcedure:
 			controllerServiceGetRoutesHandler.ServeHTTP(w, r)
+		case ControllerServiceReleaseLeasesProcedure:
+			controllerServiceReleaseLeasesHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -217,4 +248,8 @@ func (UnimplementedControllerServiceHandler) LookupObjects(context.Context, *con
 
 func (UnimplementedControllerServiceHandler) GetRoutes(context.Context, *connect.Request[v1.GetRoutesRequest]) (*connect.Response[v1.GetRoutesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ControllerService.GetRoutes is not implemented"))
+}
+
+func (UnimplementedControllerServiceHandler) ReleaseLeases(context.Context, *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ControllerService.ReleaseLeases is not implemented"))
 }

@@ -1,0 +1,182 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httputil"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"connectrpc.com/connect"
+	"github.com/hashicorp/raft"
+
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/controller/fsm"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
+)
+
+// Cluster returns the node's ClusterService implementation.
+func (n *Node) Cluster() streamhousev1connect.ClusterServiceHandler { return clusterService{n} }
+
+type clusterService struct{ n *Node }
+
+func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error) {
+	n := c.n
+	out := &v1.StatusResponse{NodeId: n.cfg.NodeID}
+	_, leaderID := n.raft.LeaderWithID()
+	out.LeaderId = string(leaderID)
+	stats := n.raft.Stats()
+	out.Term, _ = strconv.ParseUint(stats["term"], 10, 64)
+	out.CommitIndex = n.raft.CommitIndex()
+	out.AppliedIndex = n.raft.AppliedIndex()
+	f := n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("read raft configuration: %w", err))
+	}
+	now := n.cfg.Now()
+	n.fsm.Read(func(s *fsm.State) {
+		for _, srv := range f.Configuration().Servers {
+			out.Voters = append(out.Voters, &v1.Voter{
+				Id: string(srv.ID), RaftAddress: string(srv.Address), ApiAddress: s.Controllers[string(srv.ID)],
+				Leader: srv.ID == leaderID, Suffrage: srv.Suffrage.String(),
+			})
+		}
+		held := map[string]int32{}
+		for _, t := range s.Topics {
+			for _, p := range t.Partitions {
+				if p.LeaseValid(now.UnixMilli()) {
+					held[p.Holder]++
+				}
+			}
+		}
+		n.mu.Lock()
+		for id, ag := range s.Agents {
+			st := &v1.AgentStatus{Id: id, Address: ag.Address, Zone: ag.Zone, Partitions: held[id], LastHeartbeatMsAgo: -1}
+			if seen, ok := n.live[id]; ok {
+				st.LastHeartbeatMsAgo = now.Sub(seen).Milliseconds()
+			}
+			out.Agents = append(out.Agents, st)
+		}
+		n.mu.Unlock()
+	})
+	sort.Slice(out.Agents, func(i, j int) bool { return out.Agents[i].Id < out.Agents[j].Id })
+	return connect.NewResponse(out), nil
+}
+
+func (c clusterService) AddVoter(ctx context.Context, req *connect.Request[v1.AddVoterRequest]) (*connect.Response[v1.AddVoterResponse], error) {
+	m := req.Msg
+	if m.GetId() == "" || m.GetRaftAddress() == "" {
+		return nil, invalid("add-voter needs the new controller's id and raft address")
+	}
+	if err := c.n.raft.AddVoter(raft.ServerID(m.GetId()), raft.ServerAddress(m.GetRaftAddress()), 0, 30*time.Second).Error(); err != nil {
+		return nil, raftError("add voter", err)
+	}
+	if m.GetApiAddress() != "" {
+		if _, err := c.n.apply(ctx, fsm.SetControllerType, fsm.SetController{ID: m.GetId(), APIAddress: m.GetApiAddress()}); err != nil {
+			return nil, applyError("record controller address", err)
+		}
+	}
+	c.n.log.Info("added voter", "id", m.GetId(), "raft_address", m.GetRaftAddress())
+	return connect.NewResponse(&v1.AddVoterResponse{}), nil
+}
+
+func (c clusterService) RemoveVoter(ctx context.Context, req *connect.Request[v1.RemoveVoterRequest]) (*connect.Response[v1.RemoveVoterResponse], error) {
+	id := req.Msg.GetId()
+	if id == "" {
+		return nil, invalid("remove-voter needs the controller's id")
+	}
+	f := c.n.raft.GetConfiguration()
+	if err := f.Error(); err != nil {
+		return nil, raftError("read configuration", err)
+	}
+	found := false
+	for _, s := range f.Configuration().Servers {
+		found = found || string(s.ID) == id
+	}
+	if !found {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("controller %q is not a voter", id))
+	}
+	if err := c.n.raft.RemoveServer(raft.ServerID(id), 0, 30*time.Second).Error(); err != nil {
+		return nil, raftError("remove voter", err)
+	}
+	if _, err := c.n.apply(ctx, fsm.SetControllerType, fsm.SetController{ID: id}); err != nil {
+		c.n.log.Warn("forget removed controller's address", "id", id, "err", err)
+	}
+	c.n.log.Info("removed voter", "id", id)
+	return connect.NewResponse(&v1.RemoveVoterResponse{}), nil
+}
+
+func raftError(op string, err error) error {
+	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w: %v", op, errNotLeader, err))
+	}
+	return connect.NewError(connect.CodeInternal, fmt.Errorf("%s: %w", op, err))
+}
+
+// forwardedHeader marks a request a follower forwarded, so a node that is
+// not the leader either never forwards it twice.
+const forwardedHeader = "Streamhouse-Forwarded-By"
+
+// localProcedures are answered by whichever node receives them.
+var localProcedures = map[string]bool{
+	streamhousev1connect.ClusterServiceStatusProcedure: true,
+}
+
+// ForwardToLeader wraps the node's API handler: a request to a node that is
+// not the Raft leader is proxied, whole and unchanged, to the leader's API
+// address. This is the one place forwarding happens, for every RPC; the
+// handlers behind it can assume they run on the leader. Without a known
+// leader the answer is Unavailable, which clients retry.
+func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
+	transport := &http.Transport{}
+	protocols := new(http.Protocols)
+	protocols.SetUnencryptedHTTP2(true)
+	transport.Protocols = protocols
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if n.IsLeader() || !strings.HasPrefix(r.URL.Path, "/streamhouse.v1.") || localProcedures[r.URL.Path] {
+			next.ServeHTTP(w, r)
+			return
+		}
+		leader := n.LeaderAPIAddress()
+		if leader == "" || r.Header.Get(forwardedHeader) != "" {
+			// Nothing was applied: safe for any client to retry.
+			ew := connect.NewErrorWriter()
+			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("no controller leader is known yet; retry")))
+			return
+		}
+		target := &url.URL{Scheme: "http", Host: leader}
+		proxy := &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(target)
+				pr.Out.Header.Set(forwardedHeader, n.cfg.NodeID)
+			},
+			Transport: transport,
+			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+				writeUnavailable(w, r, fmt.Sprintf("forward to leader at %s: %v", leader, err))
+			},
+		}
+		proxy.ServeHTTP(w, r)
+	})
+}
+
+// writeUnavailable answers with a Connect Unavailable error in the
+// request's protocol (a connect.ErrorWriter picks the format).
+func writeUnavailable(w http.ResponseWriter, r *http.Request, msg string) {
+	ew := connect.NewErrorWriter()
+	_ = ew.Write(w, r, connect.NewError(connect.CodeUnavailable, errors.New(msg)))
+}
+
+// verifyLeader makes a read linearizable: it confirms with a quorum that
+// this node still leads before the caller reads local state.
+func (n *Node) verifyLeader() error {
+	if err := n.raft.VerifyLeader().Error(); err != nil {
+		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("confirm leadership for a linearizable read: %w", err))
+	}
+	return nil
+}

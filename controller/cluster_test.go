@@ -1,0 +1,253 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+	"time"
+
+	"connectrpc.com/connect"
+
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/controller/fsm"
+)
+
+// member is one voter of a test cluster, with its API served over h2c.
+type member struct {
+	id      string
+	dir     string
+	raftLn  net.Listener
+	node    *Node
+	srv     *httptest.Server
+	handler *swapHandler
+}
+
+type swapHandler struct {
+	mu sync.Mutex
+	h  http.Handler
+}
+
+func (s *swapHandler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.mu.Lock()
+	h := s.h
+	s.mu.Unlock()
+	if h == nil {
+		http.Error(w, "starting", http.StatusServiceUnavailable)
+		return
+	}
+	h.ServeHTTP(w, r)
+}
+
+func apiHandler(n *Node) http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle(streamhousev1connect.NewAdminServiceHandler(n.Admin()))
+	mux.Handle(streamhousev1connect.NewControllerServiceHandler(n.Controller()))
+	mux.Handle(streamhousev1connect.NewClusterServiceHandler(n.Cluster()))
+	return n.ForwardToLeader(mux)
+}
+
+func newMember(t *testing.T, id string) *member {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &member{id: id, dir: t.TempDir(), raftLn: ln, handler: &swapHandler{}}
+	m.srv = httptest.NewUnstartedServer(m.handler)
+	m.srv.EnableHTTP2 = true
+	m.srv.Config.Protocols = new(http.Protocols)
+	m.srv.Config.Protocols.SetHTTP1(true)
+	m.srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	m.srv.Start()
+	return m
+}
+
+func (m *member) start(t *testing.T, peers []Peer) {
+	t.Helper()
+	if m.raftLn == nil {
+		ln, err := net.Listen("tcp", peerAddr(peers, m.id))
+		if err != nil {
+			t.Fatalf("rebind raft port of %s: %v", m.id, err)
+		}
+		m.raftLn = ln
+	}
+	n, err := Open(context.Background(), Config{NodeID: m.id, DataDir: m.dir, RaftListener: m.raftLn,
+		APIAddress: m.srv.Listener.Addr().String(), InitialCluster: peers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.node = n
+	m.handler.mu.Lock()
+	m.handler.h = apiHandler(n)
+	m.handler.mu.Unlock()
+}
+
+func (m *member) stop() {
+	if m.node != nil {
+		m.handler.mu.Lock()
+		m.handler.h = nil
+		m.handler.mu.Unlock()
+		m.node.Close()
+		m.node = nil
+		m.raftLn = nil // closed by the transport
+	}
+}
+
+func peerAddr(peers []Peer, id string) string {
+	for _, p := range peers {
+		if p.ID == id {
+			return p.RaftAddress
+		}
+	}
+	return ""
+}
+
+func h2cClient() *http.Client {
+	tr := &http.Transport{}
+	tr.Protocols = new(http.Protocols)
+	tr.Protocols.SetUnencryptedHTTP2(true)
+	return &http.Client{Transport: tr}
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > d {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func leaderOf(ms []*member) *member {
+	for _, m := range ms {
+		if m.node != nil && m.node.IsLeader() {
+			return m
+		}
+	}
+	return nil
+}
+
+// TestThreeVoterCluster: a real Raft cluster of three over TCP elects a
+// leader, replicates topics to every voter, forwards writes sent to a
+// follower, survives the loss of its leader (measuring the time to a new
+// one), and adds and removes voters.
+func TestThreeVoterCluster(t *testing.T) {
+	ms := []*member{newMember(t, "c1"), newMember(t, "c2"), newMember(t, "c3")}
+	var peers []Peer
+	for _, m := range ms {
+		peers = append(peers, Peer{ID: m.id, RaftAddress: m.raftLn.Addr().String()})
+	}
+	for _, m := range ms {
+		m.start(t, peers)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+			m.srv.Close()
+		}
+	})
+	waitFor(t, 10*time.Second, "a leader whose address followers know", func() bool {
+		l := leaderOf(ms)
+		if l == nil {
+			return false
+		}
+		for _, m := range ms {
+			if m.node.LeaderAPIAddress() != l.srv.Listener.Addr().String() {
+				return false
+			}
+		}
+		return true
+	})
+	hc := h2cClient()
+	defer hc.CloseIdleConnections()
+	var follower *member
+	for _, m := range ms {
+		if !m.node.IsLeader() {
+			follower = m
+		}
+	}
+	ctx := context.Background()
+	admin := streamhousev1connect.NewAdminServiceClient(hc, "http://"+follower.srv.Listener.Addr().String(), connect.WithGRPC())
+	if _, err := admin.CreateTopic(ctx, connect.NewRequest(&v1.CreateTopicRequest{Name: "orders", Partitions: 4})); err != nil {
+		t.Fatalf("create topic through a follower: %v", err)
+	}
+	if _, err := admin.CreateTopic(ctx, connect.NewRequest(&v1.CreateTopicRequest{Name: "orders", Partitions: 4})); connect.CodeOf(err) != connect.CodeAlreadyExists {
+		t.Fatalf("duplicate create through a follower = %v, want AlreadyExists", err)
+	}
+	waitFor(t, 5*time.Second, "the topic on every voter", func() bool {
+		for _, m := range ms {
+			var ok bool
+			m.node.fsm.Read(func(s *fsm.State) { _, ok = s.Topics["orders"] })
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	// Kill the leader; the other two elect a new one.
+	old := leaderOf(ms)
+	old.stop()
+	took := waitFor(t, 10*time.Second, "a new leader", func() bool { l := leaderOf(ms); return l != nil && l != old })
+	t.Logf("new leader %s elected %v after the old one stopped", leaderOf(ms).id, took)
+	if took > 3*time.Second {
+		t.Errorf("new leader took %v, want at most 3s", took)
+	}
+	survivor := leaderOf(ms)
+	admin = streamhousev1connect.NewAdminServiceClient(hc, "http://"+survivor.srv.Listener.Addr().String())
+	d, err := admin.DescribeTopic(ctx, connect.NewRequest(&v1.DescribeTopicRequest{Name: "orders"}))
+	if err != nil || len(d.Msg.Partitions) != 4 {
+		t.Fatalf("describe on the new leader: %v %v", d, err)
+	}
+	// The old leader comes back with its data and catches up.
+	old.start(t, peers)
+	if _, err := admin.CreateTopic(ctx, connect.NewRequest(&v1.CreateTopicRequest{Name: "later", Partitions: 1})); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "the restarted voter to catch up", func() bool {
+		var ok bool
+		old.node.fsm.Read(func(s *fsm.State) { _, ok = s.Topics["later"] })
+		return ok
+	})
+
+	// Add a fourth voter (joins with no initial cluster), then remove it.
+	c4 := newMember(t, "c4")
+	t.Cleanup(func() { c4.stop(); c4.srv.Close() })
+	c4.start(t, nil)
+	cluster := streamhousev1connect.NewClusterServiceClient(hc, "http://"+follower.srv.Listener.Addr().String())
+	if _, err := cluster.AddVoter(ctx, connect.NewRequest(&v1.AddVoterRequest{Id: "c4", RaftAddress: c4.raftLn.Addr().String(), ApiAddress: c4.srv.Listener.Addr().String()})); err != nil {
+		t.Fatalf("add voter: %v", err)
+	}
+	waitFor(t, 10*time.Second, "the new voter to receive the log", func() bool {
+		var ok bool
+		c4.node.fsm.Read(func(s *fsm.State) { _, ok = s.Topics["later"] })
+		return ok
+	})
+	st, err := cluster.Status(ctx, connect.NewRequest(&v1.StatusRequest{}))
+	if err != nil || len(st.Msg.Voters) != 4 || st.Msg.LeaderId == "" || st.Msg.Term == 0 {
+		t.Fatalf("status with 4 voters: %v %v", st, err)
+	}
+	if _, err := cluster.RemoveVoter(ctx, connect.NewRequest(&v1.RemoveVoterRequest{Id: "c4"})); err != nil {
+		t.Fatalf("remove voter: %v", err)
+	}
+	if _, err := cluster.RemoveVoter(ctx, connect.NewRequest(&v1.RemoveVoterRequest{Id: "nope"})); connect.CodeOf(err) != connect.CodeNotFound {
+		t.Fatalf("remove unknown voter = %v, want NotFound", err)
+	}
+	st, err = cluster.Status(ctx, connect.NewRequest(&v1.StatusRequest{}))
+	if err != nil || len(st.Msg.Voters) != 3 {
+		t.Fatalf("status after removal: %v %v", st, err)
+	}
+	fmt.Fprintln(new(nopWriter), st.Msg)
+}
+
+type nopWriter struct{}
+
+func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }

@@ -1,0 +1,54 @@
+package controller
+
+import (
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/raft"
+)
+
+// streamLayer is raft's TCP stream layer over a listener we own, so the
+// caller can bind port 0 and learn the address before the cluster forms.
+type streamLayer struct {
+	net.Listener
+	advertise net.Addr
+}
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return net.DialTimeout("tcp", string(addr), timeout)
+}
+
+func (s *streamLayer) Addr() net.Addr {
+	if s.advertise != nil {
+		return s.advertise
+	}
+	return s.Listener.Addr()
+}
+
+// newTCPTransport serves Raft on ln (or, when ln is nil, on a new listener
+// bound to bind), advertising advertise when set.
+func newTCPTransport(ln net.Listener, bind, advertise string, hlog hclog.Logger) (*raft.NetworkTransport, error) {
+	if ln == nil {
+		var err error
+		if ln, err = net.Listen("tcp", bind); err != nil {
+			return nil, fmt.Errorf("raft listen on %s: %w", bind, err)
+		}
+	}
+	layer := &streamLayer{Listener: ln}
+	if advertise != "" {
+		a, err := net.ResolveTCPAddr("tcp", advertise)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("raft advertise address %q: %w", advertise, err)
+		}
+		layer.advertise = a
+	} else if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
+		ln.Close()
+		return nil, fmt.Errorf("raft listens on %s, a wildcard address: set the advertise address other voters dial", ln.Addr())
+	}
+	return raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream: layer, MaxPool: 3, Timeout: 10 * time.Second, Logger: hlog,
+	}), nil
+}
