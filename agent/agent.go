@@ -30,7 +30,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
+
 	"github.com/streamhouse/streamhouse/agent/wal"
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/objstore"
 )
@@ -215,13 +218,26 @@ func (a *Agent) Close(ctx context.Context) error {
 		a.closeMu.Lock()
 		close(a.drained)
 		a.closeMu.Unlock()
+		flushed := false
 		select {
 		case <-a.uploadDone:
+			flushed = true
 		case <-ctx.Done():
 			a.log.Warn("final upload did not finish; the WAL keeps the data for the next start", "err", ctx.Err())
 		}
-		a.cancel()
+		a.cancel() // stops heartbeats first, so nothing renews what we release
 		a.wg.Wait()
+		if flushed {
+			// Everything is committed: hand the partitions over now rather
+			// than after the leases expire. When the upload did not finish
+			// the leases stay, so this agent gets its WAL data back on restart.
+			res, err := a.cfg.Controller.ReleaseLeases(ctx, connect.NewRequest(&v1.ReleaseLeasesRequest{AgentId: a.cfg.ID, Incarnation: a.incarnation}))
+			if err != nil {
+				a.log.Warn("release leases; they expire on their own", "err", err)
+			} else {
+				a.log.Info("released leases", "partitions", res.Msg.GetReleased())
+			}
+		}
 		a.mu.Lock()
 		for _, p := range a.parts {
 			p.fail(errors.New("agent shut down before the records were committed; they are kept in the WAL and committed on restart"))

@@ -544,6 +544,9 @@ func TestCloseCommitsEverything(t *testing.T) {
 			t.Fatalf("%s: committed end %d after Close, want the WAL end %d", k, c, ends[k])
 		}
 	}
+	if n := e.ctl.released.Load(); n != 3 {
+		t.Fatalf("Close released %d leases, want all 3 (everything was committed)", n)
+	}
 	_, err = appendB(ctxT(t), a, "w", 0, mkBatch(t, "late", 1), v1.Acks_ACKS_WAL)
 	wantRefused(t, err, connect.CodeUnavailable, "append after Close")
 	if err := a.Close(ctx); err != nil {

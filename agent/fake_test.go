@@ -45,6 +45,7 @@ type fakeController struct {
 	heartbeats atomic.Int64
 	commits    atomic.Int64 // CommitObject calls that reached the FSM rules
 	fenced     atomic.Int64 // sections rejected as fenced
+	released   atomic.Int64 // leases released by ReleaseLeases
 	objects    []string     // keys of objects with at least one committed section
 }
 
@@ -204,6 +205,23 @@ func (f *fakeController) LookupObjects(ctx context.Context, req *connect.Request
 
 func (f *fakeController) GetRoutes(context.Context, *connect.Request[v1.GetRoutesRequest]) (*connect.Response[v1.GetRoutesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("fake controller: GetRoutes"))
+}
+
+// ReleaseLeases frees the partitions the agent process holds.
+func (f *fakeController) ReleaseLeases(_ context.Context, req *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := int32(0)
+	for _, t := range f.topics {
+		for _, p := range t.parts {
+			if p.holder == req.Msg.GetAgentId() && p.incarnation == req.Msg.GetIncarnation() {
+				p.holder, p.incarnation = "", ""
+				n++
+			}
+		}
+	}
+	f.released.Add(int64(n))
+	return connect.NewResponse(&v1.ReleaseLeasesResponse{Released: n}), nil
 }
 
 // --- inspection and fault injection ---

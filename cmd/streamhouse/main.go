@@ -1,6 +1,9 @@
 // Command streamhouse is StreamHouse's one server binary.
 //
 //	streamhouse dev        controller, agent and gateway in one process
+//	streamhouse controller one Raft voter of the controller cluster
+//	streamhouse agent      WAL, uploads and reads for the partitions it leases
+//	streamhouse gateway    the public API, routing to agents
 //
 // Every flag can also be set with an environment variable STREAMHOUSE_<FLAG>,
 // upper-cased with dashes as underscores (--data-dir: STREAMHOUSE_DATA_DIR).
@@ -63,7 +66,7 @@ A flag on the command line wins over the environment.`,
 	root.SetFlagErrorFunc(func(cmd *cobra.Command, err error) error {
 		return usageError{fmt.Errorf("%w (see %s --help)", err, cmd.CommandPath())}
 	})
-	root.AddCommand(newDevCommand())
+	root.AddCommand(newDevCommand(), newControllerCommand(), newAgentCommand(), newGatewayCommand())
 	return root
 }
 

@@ -1,0 +1,104 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"sync"
+
+	"connectrpc.com/connect"
+	"github.com/spf13/cobra"
+
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/gateway"
+)
+
+type gatewayConfig struct {
+	commonConfig
+	Listen      string
+	Controllers string
+}
+
+func newGatewayCommand() *cobra.Command {
+	cfg := gatewayConfig{}
+	cmd := &cobra.Command{
+		Use:   "gateway",
+		Short: "Run a stateless gateway serving the public API",
+		Long: `Run a gateway: it serves AdminService, ProduceService and ConsumeService
+(Connect, gRPC and gRPC-web) on --listen, validates requests, and routes them
+to the agent holding each partition's lease. Run as many as you like.`,
+		Example: `  streamhouse gateway --listen :8080 --controllers c1:7001,c2:7001,c3:7001`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(splitList(cfg.Controllers)) == 0 {
+				return usageError{errors.New("--controllers is required: the API addresses of the controllers")}
+			}
+			return runGateway(cmd.Context(), cfg)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Listen, "listen", ":8080", "public API address (Connect, gRPC, gRPC-web, /metrics)")
+	f.StringVar(&cfg.Controllers, "controllers", "127.0.0.1:7001", "controller API addresses: host:port,...")
+	cfg.commonConfig.addFlags(f, "json")
+	annotateEnv(f)
+	return cmd
+}
+
+// agentClients hands out one AgentService client per agent address, all
+// sharing one h2c transport.
+type agentClients struct {
+	hc *http.Client
+	mu sync.Mutex
+	m  map[string]streamhousev1connect.AgentServiceClient
+}
+
+func (a *agentClients) get(addr string) (streamhousev1connect.AgentServiceClient, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	c, ok := a.m[addr]
+	if !ok {
+		c = streamhousev1connect.NewAgentServiceClient(a.hc, "http://"+addr, connect.WithGRPC())
+		a.m[addr] = c
+	}
+	return c, nil
+}
+
+func runGateway(ctx context.Context, cfg gatewayConfig) error {
+	log, err := cfg.logger()
+	if err != nil {
+		return err
+	}
+	ln, _, err := listen(cfg.Listen, "")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	tr, hc, err := controllerClients(splitList(cfg.Controllers))
+	if err != nil {
+		return usageError{err}
+	}
+	defer tr.CloseIdleConnections()
+	agentTransport := &http.Transport{}
+	agentTransport.Protocols = new(http.Protocols)
+	agentTransport.Protocols.SetUnencryptedHTTP2(true)
+	defer agentTransport.CloseIdleConnections()
+	agents := &agentClients{hc: &http.Client{Transport: agentTransport}, m: map[string]streamhousev1connect.AgentServiceClient{}}
+
+	gw, err := gateway.New(gateway.Config{
+		Admin:      streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), connect.WithGRPC()),
+		Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
+		Agents:     agents.get,
+		Logger:     log,
+	})
+	if err != nil {
+		return err
+	}
+	srv := startServer(ln, gw.Handler())
+	announce("gateway", ln)
+	log.Info("gateway is serving", "listen", ln.Addr().String())
+	err = srv.wait(ctx)
+	log.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	return errors.Join(err, srv.shutdown(sctx))
+}
