@@ -267,7 +267,6 @@ func (n *Node) startRaft() error {
 	return nil
 }
 
-
 func (n *Node) waitLeader(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()

@@ -169,4 +169,3 @@ func joinCluster(ctx context.Context, addrs []string, req *v1.AddVoterRequest) e
 		}
 	}
 }
-

@@ -93,7 +93,7 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	client, err := minio.New(host, &minio.Options{
 		Creds:      creds,
 		Secure:     secure,
-		Transport:  transport,
+		Transport:  retryAfterTransport{next: transport},
 		Region:     cfg.Region,
 		MaxRetries: attempts,
 	})
@@ -184,7 +184,8 @@ func (s *S3) object(key string) (string, error) {
 
 // PutIfAbsent implements Store.PutIfAbsent; see S3 for how.
 func (s *S3) PutIfAbsent(ctx context.Context, key string, data []byte) error {
-	if err := s.putIfAbsent(ctx, key, data); err != nil {
+	ctx, ra := withRetryAfterHolder(ctx)
+	if err := annotate(ra, s.putIfAbsent(ctx, key, data)); err != nil {
 		return fmt.Errorf("put %s: %w", key, err)
 	}
 	return nil
@@ -228,8 +229,9 @@ func (s *S3) putIfAbsent(ctx context.Context, key string, data []byte) error {
 // Get implements Store.Get with one ranged GET (plus a HEAD when length is 0
 // or the range starts at the very end of the object).
 func (s *S3) Get(ctx context.Context, key string, offset, length int64) ([]byte, error) {
+	ctx, ra := withRetryAfterHolder(ctx)
 	b, err := s.get(ctx, key, offset, length)
-	if err != nil {
+	if err = annotate(ra, err); err != nil {
 		return nil, fmt.Errorf("get %s: %w", key, err)
 	}
 	return b, nil
@@ -317,8 +319,9 @@ func (s *S3) Head(ctx context.Context, key string) (Info, error) {
 	if err != nil {
 		return Info{}, fmt.Errorf("head %s: %w", key, err)
 	}
+	ctx, ra := withRetryAfterHolder(ctx)
 	info, err := s.stat(ctx, obj)
-	if err != nil {
+	if err = annotate(ra, err); err != nil {
 		return Info{}, fmt.Errorf("head %s: %w", key, err)
 	}
 	return Info{Key: key, Size: info.Size, ModTime: info.LastModified}, nil
@@ -335,8 +338,9 @@ func (s *S3) stat(ctx context.Context, obj string) (minio.ObjectInfo, error) {
 // List implements Store.List with ListObjectsV2, following continuation
 // tokens until the listing is complete.
 func (s *S3) List(ctx context.Context, prefix string) ([]Info, error) {
+	ctx, ra := withRetryAfterHolder(ctx)
 	out, err := s.list(ctx, prefix)
-	if err != nil {
+	if err = annotate(ra, err); err != nil {
 		return nil, fmt.Errorf("list %q: %w", prefix, err)
 	}
 	return out, nil
@@ -378,9 +382,10 @@ func (s *S3) Delete(ctx context.Context, key string) error {
 		err = ctx.Err()
 	}
 	if err == nil {
-		err = s.client.RemoveObject(ctx, s.bucket, obj, minio.RemoveObjectOptions{})
+		rctx, ra := withRetryAfterHolder(ctx)
+		err = s.client.RemoveObject(rctx, s.bucket, obj, minio.RemoveObjectOptions{})
 		if err != nil {
-			err = s.mapErr(ctx, err)
+			err = annotate(ra, s.mapErr(ctx, err))
 			if errors.Is(err, ErrNotFound) {
 				err = nil // some services answer 404; missing is fine
 			}
