@@ -306,3 +306,7 @@ func (c *fakeController) GetRoutes(ctx context.Context, req *connect.Request[v1.
 	}
 	return connect.NewResponse(&v1.GetRoutesResponse{Topic: t.info, Routes: slices.Clone(t.routes)}), nil
 }
+
+func (c *fakeController) ReleaseLeases(context.Context, *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("fake controller: ReleaseLeases"))
+}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,11 +36,12 @@ func Build(dir string) (string, error) {
 	return bin, nil
 }
 
-// Proc is one running `streamhouse dev`.
+// Proc is one running streamhouse server process.
 type Proc struct {
 	t       testing.TB
 	bin     string
-	DataDir string
+	Sub     string // dev, controller, agent or gateway
+	DataDir string // dev only
 	Args    []string // extra flags
 	Env     []string // extra environment
 	Addr    string   // host:port the gateway listens on
@@ -56,12 +58,24 @@ type Proc struct {
 // it serves. The process is killed at the end of the test if still running.
 func Start(t testing.TB, bin, dataDir string, args ...string) *Proc {
 	t.Helper()
-	p := &Proc{t: t, bin: bin, DataDir: dataDir, Args: args}
+	return startProc(t, &Proc{t: t, bin: bin, Sub: "dev", DataDir: dataDir, Args: args})
+}
+
+// StartCmd runs `streamhouse <sub> --listen 127.0.0.1:0 args...` (sub is
+// controller, agent or gateway) and waits until it serves. Restart keeps
+// the port.
+func StartCmd(t testing.TB, bin, sub string, args ...string) *Proc {
+	t.Helper()
+	return startProc(t, &Proc{t: t, bin: bin, Sub: sub, Args: args})
+}
+
+func startProc(t testing.TB, p *Proc) *Proc {
+	t.Helper()
 	t.Cleanup(func() {
 		p.Kill()
 		if t.Failed() {
 			p.mu.Lock()
-			t.Logf("streamhouse stderr (last start):\n%s", tail(p.stderr.String(), 8000))
+			t.Logf("streamhouse %s stderr (last start):\n%s", p.Sub, tail(p.stderr.String(), 8000))
 			p.mu.Unlock()
 		}
 	})
@@ -79,7 +93,13 @@ func tail(s string, n int) string {
 }
 
 func (p *Proc) start(listen string) error {
-	args := append([]string{"dev", "--data-dir", p.DataDir, "--listen", listen, "--log-level", "info"}, p.Args...)
+	args := []string{p.Sub, "--listen", listen, "--log-level", "info"}
+	if p.Sub == "dev" {
+		args = append(args, "--data-dir", p.DataDir)
+	} else {
+		args = append(args, "--log-format", "text")
+	}
+	args = append(args, p.Args...)
 	cmd := exec.Command(p.bin, args...)
 	cmd.Env = append(os.Environ(), p.Env...)
 	stdout, err := cmd.StdoutPipe()
@@ -97,7 +117,7 @@ func (p *Proc) start(listen string) error {
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "streamhouse dev listening on http://"); ok {
+			if a, ok := strings.CutPrefix(sc.Text(), "streamhouse "+p.Sub+" listening on http://"); ok {
 				addr <- a
 			}
 		}
@@ -115,7 +135,7 @@ func (p *Proc) start(listen string) error {
 	case <-done:
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return fmt.Errorf("streamhouse exited before serving: %s\n%s", cmd.ProcessState, tail(stderr.String(), 4000))
+		return fmt.Errorf("streamhouse %s exited before serving: %s\n%s", p.Sub, cmd.ProcessState, tail(stderr.String(), 4000))
 	case <-time.After(60 * time.Second):
 		return fmt.Errorf("streamhouse did not serve within 60s")
 	}
@@ -206,4 +226,16 @@ func (l *lockedWriter) Write(b []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(b)
+}
+
+// FreeAddr returns a 127.0.0.1 address with a port the OS just handed out
+// (for addresses that must be known before a process starts, like Raft's).
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
