@@ -142,6 +142,9 @@ type Agent struct {
 	// closeMu is read-held by each Append from its last closing check to the
 	// end of its WAL wait; Close write-locks it once to wait for those.
 	closeMu sync.RWMutex
+	// draining is set while the controller has the agent hand over its
+	// partitions: appends are refused (retryably).
+	draining atomic.Bool
 	// drained is closed by Close once no append can reach the WAL any more;
 	// the upload loop then runs the final flush.
 	drained chan struct{}

@@ -125,7 +125,62 @@ func (a *Agent) heartbeat(ctx context.Context, initial bool) error {
 		}
 	}
 	a.lastHB = sent
+	switch drain := resp.Msg.GetDrain(); {
+	case drain && !a.draining.Load():
+		a.draining.Store(true)
+		a.wg.Add(1)
+		go a.drain()
+	case !drain && a.draining.Load():
+		a.log.Info("drain cancelled; accepting writes again")
+		a.draining.Store(false)
+	}
 	return nil
+}
+
+// drain hands every partition over: it waits for appends in flight, lets
+// the uploader commit everything the WAL holds, then releases the leases.
+// The draining flag (set by the caller) refuses new appends meanwhile.
+func (a *Agent) drain() {
+	defer a.wg.Done()
+	a.log.Info("draining: uploading what the WAL holds, then releasing leases")
+	a.closeMu.Lock() // appends past their refusal check finish their WAL write
+	a.closeMu.Unlock()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for !a.allCommitted() {
+		a.kickUpload()
+		select {
+		case <-a.ctx.Done():
+			return
+		case <-t.C:
+		}
+		if !a.draining.Load() {
+			return
+		}
+	}
+	ctx, cancel := context.WithTimeout(a.ctx, 30*time.Second)
+	defer cancel()
+	res, err := a.cfg.Controller.ReleaseLeases(ctx, connect.NewRequest(&v1.ReleaseLeasesRequest{AgentId: a.cfg.ID, Incarnation: a.incarnation}))
+	if err != nil {
+		a.log.Warn("drain: release leases; they expire on their own", "err", err)
+		return
+	}
+	a.log.Info("drained: leases released", "partitions", res.Msg.GetReleased())
+}
+
+// allCommitted reports whether every partition's WAL data is committed.
+func (a *Agent) allCommitted() bool {
+	a.mu.RLock()
+	defer a.mu.RUnlock()
+	for _, p := range a.parts {
+		p.mu.Lock()
+		done := p.committedEnd >= p.walEnd || p.err != nil
+		p.mu.Unlock()
+		if !done {
+			return false
+		}
+	}
+	return true
 }
 
 // adopt builds the state of a newly granted partition. When the WAL holds

@@ -51,8 +51,8 @@ func (a *Agent) lookup(ctx context.Context, topic string, partition int32) (*par
 func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error) {
 	a := s.a
 	m := req.Msg
-	if a.isClosing() {
-		return nil, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
+	if err := a.refusal(); err != nil {
+		return nil, err
 	}
 	p, err := a.lookup(ctx, m.GetTopic(), m.GetPartition())
 	if err != nil {
@@ -91,9 +91,9 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	// (closeMu), so none reaches the WAL after the final flush started or
 	// after the WAL is closed.
 	a.closeMu.RLock()
-	if a.isClosing() {
+	if err := a.refusal(); err != nil {
 		a.closeMu.RUnlock()
-		return nil, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
+		return nil, err
 	}
 	// Assign offsets and enqueue under appendMu: the partition's frames
 	// reach the WAL in offset order.
@@ -192,4 +192,15 @@ func (s service) Read(ctx context.Context, req *connect.Request[v1.ReadRequest])
 	}
 	out.Batches, out.NextOffset = data, next
 	return connect.NewResponse(out), nil
+}
+
+// refusal is the error appends get while the agent shuts down or drains.
+func (a *Agent) refusal() error {
+	switch {
+	case a.isClosing():
+		return rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is shutting down; retry on the partition's next holder"))
+	case a.draining.Load():
+		return rpcerr.NotApplied(connect.CodeUnavailable, errors.New("agent is draining; retry on the partition's next holder"))
+	}
+	return nil
 }

@@ -114,7 +114,7 @@ func applyError(op string, err error) error {
 	switch {
 	case errors.Is(err, fsm.ErrTopicExists):
 		return connect.NewError(connect.CodeAlreadyExists, err)
-	case errors.Is(err, fsm.ErrTopicNotFound):
+	case errors.Is(err, fsm.ErrTopicNotFound), errors.Is(err, fsm.ErrPartitionNotFound), errors.Is(err, fsm.ErrAgentNotFound):
 		return connect.NewError(connect.CodeNotFound, err)
 	case errors.Is(err, errNotLeader):
 		return connect.NewError(connect.CodeUnavailable, fmt.Errorf("%s: %w", op, err))
@@ -171,6 +171,46 @@ func (a adminService) DeleteTopic(ctx context.Context, req *connect.Request[v1.D
 	}
 	a.n.log.Info("deleted topic", "topic", req.Msg.GetName())
 	return connect.NewResponse(&v1.DeleteTopicResponse{}), nil
+}
+
+// AlterTopic changes the settings that may change after creation.
+func (a adminService) AlterTopic(ctx context.Context, req *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error) {
+	m := req.Msg
+	if err := ValidateTopicName(m.GetName()); err != nil {
+		return nil, invalid("%v", err)
+	}
+	cmd := fsm.AlterTopic{Name: m.GetName(), RetentionMs: m.RetentionMs, RetentionBytes: m.RetentionBytes,
+		MaxRecordBytes: m.MaxRecordBytes, MaxBatchBytes: m.MaxBatchBytes}
+	switch {
+	case cmd.RetentionMs == nil && cmd.RetentionBytes == nil && cmd.MaxRecordBytes == nil && cmd.MaxBatchBytes == nil:
+		return nil, invalid("nothing to change: set retention_ms, retention_bytes, max_record_bytes or max_batch_bytes")
+	case cmd.RetentionMs != nil && (*cmd.RetentionMs == 0 || *cmd.RetentionMs < -1):
+		return nil, invalid("retention_ms must be positive, or -1 to keep records forever, got %d", *cmd.RetentionMs)
+	case cmd.RetentionBytes != nil && (*cmd.RetentionBytes == 0 || *cmd.RetentionBytes < -1):
+		return nil, invalid("retention_bytes must be positive, or -1 for no limit, got %d", *cmd.RetentionBytes)
+	case cmd.MaxRecordBytes != nil && (*cmd.MaxRecordBytes < 1 || *cmd.MaxRecordBytes > MaxBatchBytesLimit):
+		return nil, invalid("max_record_bytes must be between 1 and %d, got %d", MaxBatchBytesLimit, *cmd.MaxRecordBytes)
+	case cmd.MaxBatchBytes != nil && (*cmd.MaxBatchBytes < 1 || *cmd.MaxBatchBytes > MaxBatchBytesLimit):
+		return nil, invalid("max_batch_bytes must be between 1 and %d, got %d", MaxBatchBytesLimit, *cmd.MaxBatchBytes)
+	}
+	res, err := a.n.apply(ctx, fsm.AlterTopicType, cmd)
+	if err == nil {
+		err, _ = res.(error)
+	}
+	if err != nil {
+		return nil, applyError("alter topic", err)
+	}
+	var info *v1.TopicInfo
+	a.n.fsm.Read(func(s *fsm.State) {
+		if t, ok := s.Topics[m.GetName()]; ok {
+			info = topicInfo(t)
+		}
+	})
+	if info == nil {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q was deleted", m.GetName()))
+	}
+	a.n.log.Info("altered topic", "topic", m.GetName())
+	return connect.NewResponse(&v1.AlterTopicResponse{Topic: info}), nil
 }
 
 func (a adminService) ListTopics(ctx context.Context, req *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error) {

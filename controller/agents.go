@@ -69,6 +69,9 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	}
 	out := &v1.HeartbeatResponse{LeaseDurationMs: n.cfg.LeaseDuration.Milliseconds()}
 	n.fsm.Read(func(s *fsm.State) {
+		if ag, ok := s.Agents[m.GetAgentId()]; ok {
+			out.Drain = ag.Draining
+		}
 		for _, name := range s.TopicNames() {
 			t := s.Topics[name]
 			for i, p := range t.Partitions {
@@ -136,12 +139,19 @@ func (n *Node) assignFree(ctx context.Context) error {
 func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) []fsm.PartitionRef {
 	load := map[string]int{}
 	for id := range live {
-		load[id] = 0
+		if ag, ok := s.Agents[id]; !ok || !ag.Draining {
+			load[id] = 0
+		}
 	}
-	load[agent] = 0
+	draining := false
+	if ag, ok := s.Agents[agent]; ok && ag.Draining {
+		draining = true
+	} else {
+		load[agent] = 0
+	}
 	for _, t := range s.Topics {
 		for _, p := range t.Partitions {
-			if p.LeaseValid(nowMs) {
+			if _, counted := load[p.Holder]; counted && p.LeaseValid(nowMs) {
 				load[p.Holder]++
 			}
 		}
@@ -159,7 +169,7 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) [
 				refs = append(refs, ref)
 				continue
 			}
-			if p.LeaseValid(nowMs) {
+			if p.LeaseValid(nowMs) || draining || len(ids) == 0 {
 				continue
 			}
 			least := ids[0]

@@ -57,7 +57,7 @@ func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.Stat
 		}
 		n.mu.Lock()
 		for id, ag := range s.Agents {
-			st := &v1.AgentStatus{Id: id, Address: ag.Address, Zone: ag.Zone, Partitions: held[id], LastHeartbeatMsAgo: -1}
+			st := &v1.AgentStatus{Id: id, Address: ag.Address, Zone: ag.Zone, Partitions: held[id], LastHeartbeatMsAgo: -1, Draining: ag.Draining}
 			if seen, ok := n.live[id]; ok {
 				st.LastHeartbeatMsAgo = now.Sub(seen).Milliseconds()
 			}
@@ -110,6 +110,45 @@ func (c clusterService) RemoveVoter(ctx context.Context, req *connect.Request[v1
 	}
 	c.n.log.Info("removed voter", "id", id)
 	return connect.NewResponse(&v1.RemoveVoterResponse{}), nil
+}
+
+// DrainAgent marks an agent draining or not.
+func (c clusterService) DrainAgent(ctx context.Context, req *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
+	id := req.Msg.GetAgentId()
+	if id == "" {
+		return nil, invalid("drain needs the agent's id (see ClusterService.Status)")
+	}
+	res, err := c.n.apply(ctx, fsm.SetDrainingType, fsm.SetDraining{AgentID: id, Draining: !req.Msg.GetUndrain()})
+	if err == nil {
+		err, _ = res.(error)
+	}
+	if err != nil {
+		return nil, applyError("drain agent", err)
+	}
+	c.n.log.Info("agent drain changed", "agent", id, "draining", !req.Msg.GetUndrain())
+	return connect.NewResponse(&v1.DrainAgentResponse{}), nil
+}
+
+// ReleasePartition takes a lease away at once and hands the partition to a
+// live agent (with a new epoch, which fences the old holder).
+func (c clusterService) ReleasePartition(ctx context.Context, req *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error) {
+	m := req.Msg
+	if err := ValidateTopicName(m.GetTopic()); err != nil {
+		return nil, invalid("%v", err)
+	}
+	res, err := c.n.apply(ctx, fsm.ForceReleaseType, fsm.ForceRelease{Topic: m.GetTopic(), Partition: m.GetPartition()})
+	if err == nil {
+		err, _ = res.(error)
+	}
+	if err != nil {
+		return nil, applyError("release partition", err)
+	}
+	prev, _ := res.(string)
+	c.n.log.Warn("lease released by an operator", "topic", m.GetTopic(), "partition", m.GetPartition(), "previous_holder", prev)
+	if err := c.n.assignFree(ctx); err != nil {
+		c.n.log.Warn("hand the partition to an agent; it is taken at the next heartbeat", "err", err)
+	}
+	return connect.NewResponse(&v1.ReleasePartitionResponse{PreviousHolder: prev}), nil
 }
 
 func raftError(op string, err error) error {

@@ -43,6 +43,18 @@ func (a adminService) DeleteTopic(ctx context.Context, req *connect.Request[v1.D
 	return connect.NewResponse(res.Msg), nil
 }
 
+func (a adminService) AlterTopic(ctx context.Context, req *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error) {
+	if err := validateTopic(req.Msg.GetName()); err != nil {
+		return nil, err
+	}
+	res, err := a.g.cfg.Admin.AlterTopic(ctx, connect.NewRequest(req.Msg))
+	if err != nil {
+		return nil, upstream(err)
+	}
+	a.g.routes.invalidate(req.Msg.GetName()) // limits are part of the routes
+	return connect.NewResponse(res.Msg), nil
+}
+
 func (a adminService) ListTopics(ctx context.Context, req *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error) {
 	res, err := a.g.cfg.Admin.ListTopics(ctx, connect.NewRequest(req.Msg))
 	if err != nil {

@@ -310,3 +310,7 @@ func (c *fakeController) GetRoutes(ctx context.Context, req *connect.Request[v1.
 func (c *fakeController) ReleaseLeases(context.Context, *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("fake controller: ReleaseLeases"))
 }
+
+func (c *fakeController) AlterTopic(ctx context.Context, req *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("fake controller: AlterTopic"))
+}

@@ -82,6 +82,13 @@ func (c *routeCache) refresh(ctx context.Context, topic string, stale *topicRout
 	return c.fetch(ctx, topic)
 }
 
+// invalidate forgets a topic's routes (its settings changed).
+func (c *routeCache) invalidate(topic string) {
+	c.mu.Lock()
+	delete(c.topics, topic)
+	c.mu.Unlock()
+}
+
 func (c *routeCache) fetch(ctx context.Context, topic string) (*topicRoutes, error) {
 	res, err := c.ctl.GetRoutes(ctx, connect.NewRequest(&v1.GetRoutesRequest{Topic: topic}))
 	if err != nil {

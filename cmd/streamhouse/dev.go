@@ -160,7 +160,12 @@ func runDev(ctx context.Context, cfg devConfig) error {
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Handler: gw.Handler(), Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
+	// The gateway's public services, plus the controller's ClusterService so
+	// `shctl cluster status` and friends work against dev too.
+	mux := http.NewServeMux()
+	mux.Handle("/", gw.Handler())
+	mux.Handle(streamhousev1connect.NewClusterServiceHandler(ctrl.Cluster()))
+	srv := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	// Tests and scripts read this line to learn the address (--listen :0).

@@ -22,7 +22,36 @@ const (
 	ReleaseLeasesType MessageType = 5
 	// SetControllerType records a controller's API address (SetController).
 	SetControllerType MessageType = 6
+	// SetDrainingType marks an agent draining or not (SetDraining).
+	SetDrainingType MessageType = 7
+	// ForceReleaseType takes a partition's lease away (ForceRelease).
+	ForceReleaseType MessageType = 8
+	// AlterTopicType changes a topic's settings (AlterTopic).
+	AlterTopicType MessageType = 9
 )
+
+// SetDraining marks an agent draining: it gets no new partitions, and its
+// heartbeats are told to hand over the ones it has.
+type SetDraining struct {
+	AgentID  string `json:"agent_id"`
+	Draining bool   `json:"draining"`
+}
+
+// ForceRelease takes a partition's lease from its holder at once.
+type ForceRelease struct {
+	Topic     string `json:"topic"`
+	Partition int32  `json:"partition"`
+}
+
+// AlterTopic replaces the settings of a topic that may change; nil fields
+// keep their value.
+type AlterTopic struct {
+	Name           string `json:"name"`
+	RetentionMs    *int64 `json:"retention_ms,omitempty"`
+	RetentionBytes *int64 `json:"retention_bytes,omitempty"`
+	MaxRecordBytes *int32 `json:"max_record_bytes,omitempty"`
+	MaxBatchBytes  *int32 `json:"max_batch_bytes,omitempty"`
+}
 
 // SetController records (or, with an empty APIAddress, removes) the API
 // address of the controller with Raft id ID.

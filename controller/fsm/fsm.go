@@ -16,6 +16,10 @@ var (
 	ErrTopicExists = errors.New("topic already exists")
 	// ErrTopicNotFound: the command names a topic that does not exist.
 	ErrTopicNotFound = errors.New("topic not found")
+	// ErrPartitionNotFound: the command names a partition that does not exist.
+	ErrPartitionNotFound = errors.New("partition not found")
+	// ErrAgentNotFound: the command names an agent the controller never saw.
+	ErrAgentNotFound = errors.New("agent not found")
 )
 
 // FSM implements raft.FSM over State.
@@ -74,6 +78,42 @@ func (s *State) apply(t MessageType, data []byte, index uint64) any {
 		return s.commitObject(decode[CommitObject](data, index))
 	case ReleaseLeasesType:
 		return s.releaseLeases(decode[ReleaseLeases](data, index))
+	case SetDrainingType:
+		c := decode[SetDraining](data, index)
+		ag, ok := s.Agents[c.AgentID]
+		if !ok {
+			return fmt.Errorf("%w: %q", ErrAgentNotFound, c.AgentID)
+		}
+		ag.Draining = c.Draining
+		return nil
+	case ForceReleaseType:
+		c := decode[ForceRelease](data, index)
+		p := s.partition(c.Topic, c.Partition)
+		if p == nil {
+			return fmt.Errorf("%w: %s/%d", ErrPartitionNotFound, c.Topic, c.Partition)
+		}
+		prev := p.Holder
+		p.Holder, p.Incarnation, p.ExpiresMs = "", "", 0
+		return prev
+	case AlterTopicType:
+		c := decode[AlterTopic](data, index)
+		t, ok := s.Topics[c.Name]
+		if !ok {
+			return fmt.Errorf("%w: %q", ErrTopicNotFound, c.Name)
+		}
+		if c.RetentionMs != nil {
+			t.Config.RetentionMs = *c.RetentionMs
+		}
+		if c.RetentionBytes != nil {
+			t.Config.RetentionBytes = *c.RetentionBytes
+		}
+		if c.MaxRecordBytes != nil {
+			t.Config.MaxRecordBytes = *c.MaxRecordBytes
+		}
+		if c.MaxBatchBytes != nil {
+			t.Config.MaxBatchBytes = *c.MaxBatchBytes
+		}
+		return nil
 	case SetControllerType:
 		c := decode[SetController](data, index)
 		if c.APIAddress == "" {
@@ -117,7 +157,11 @@ func (s *State) partition(topic string, partition int32) *Partition {
 }
 
 func (s *State) grantLeases(c GrantLeases) any {
-	s.Agents[c.AgentID] = &Agent{ID: c.AgentID, Address: c.Address, Zone: c.Zone, Incarnation: c.Incarnation}
+	draining := false
+	if old, ok := s.Agents[c.AgentID]; ok {
+		draining = old.Draining
+	}
+	s.Agents[c.AgentID] = &Agent{ID: c.AgentID, Address: c.Address, Zone: c.Zone, Incarnation: c.Incarnation, Draining: draining}
 	for _, ref := range c.Partitions {
 		p := s.partition(ref.Topic, ref.Partition)
 		if p == nil {

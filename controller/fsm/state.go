@@ -70,6 +70,8 @@ type Agent struct {
 	Address     string `json:"address"`
 	Zone        string `json:"zone,omitempty"`
 	Incarnation string `json:"incarnation"`
+	// Draining agents get no new partitions and hand over the ones they hold.
+	Draining bool `json:"draining,omitempty"`
 }
 
 // State is the whole replicated state. It is only mutated by Apply.

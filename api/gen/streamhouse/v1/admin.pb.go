@@ -420,6 +420,128 @@ func (x *DescribeTopicResponse) GetPartitions() []*PartitionInfo {
 	return nil
 }
 
+type AlterTopicRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// Retention time in milliseconds; -1 keeps records forever.
+	RetentionMs *int64 `protobuf:"varint,2,opt,name=retention_ms,json=retentionMs,proto3,oneof" json:"retention_ms,omitempty"`
+	// Retention size per partition in bytes; -1 means no size limit.
+	RetentionBytes *int64 `protobuf:"varint,3,opt,name=retention_bytes,json=retentionBytes,proto3,oneof" json:"retention_bytes,omitempty"`
+	MaxRecordBytes *int32 `protobuf:"varint,4,opt,name=max_record_bytes,json=maxRecordBytes,proto3,oneof" json:"max_record_bytes,omitempty"`
+	MaxBatchBytes  *int32 `protobuf:"varint,5,opt,name=max_batch_bytes,json=maxBatchBytes,proto3,oneof" json:"max_batch_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AlterTopicRequest) Reset() {
+	*x = AlterTopicRequest{}
+	mi := &file_streamhouse_v1_admin_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlterTopicRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlterTopicRequest) ProtoMessage() {}
+
+func (x *AlterTopicRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_admin_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlterTopicRequest.ProtoReflect.Descriptor instead.
+func (*AlterTopicRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_admin_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *AlterTopicRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *AlterTopicRequest) GetRetentionMs() int64 {
+	if x != nil && x.RetentionMs != nil {
+		return *x.RetentionMs
+	}
+	return 0
+}
+
+func (x *AlterTopicRequest) GetRetentionBytes() int64 {
+	if x != nil && x.RetentionBytes != nil {
+		return *x.RetentionBytes
+	}
+	return 0
+}
+
+func (x *AlterTopicRequest) GetMaxRecordBytes() int32 {
+	if x != nil && x.MaxRecordBytes != nil {
+		return *x.MaxRecordBytes
+	}
+	return 0
+}
+
+func (x *AlterTopicRequest) GetMaxBatchBytes() int32 {
+	if x != nil && x.MaxBatchBytes != nil {
+		return *x.MaxBatchBytes
+	}
+	return 0
+}
+
+type AlterTopicResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         *TopicInfo             `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AlterTopicResponse) Reset() {
+	*x = AlterTopicResponse{}
+	mi := &file_streamhouse_v1_admin_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AlterTopicResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AlterTopicResponse) ProtoMessage() {}
+
+func (x *AlterTopicResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_admin_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AlterTopicResponse.ProtoReflect.Descriptor instead.
+func (*AlterTopicResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_admin_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *AlterTopicResponse) GetTopic() *TopicInfo {
+	if x != nil {
+		return x.Topic
+	}
+	return nil
+}
+
 var File_streamhouse_v1_admin_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_admin_proto_rawDesc = "" +
@@ -451,10 +573,24 @@ const file_streamhouse_v1_admin_proto_rawDesc = "" +
 	"\x05topic\x18\x01 \x01(\v2\x19.streamhouse.v1.TopicInfoR\x05topic\x12=\n" +
 	"\n" +
 	"partitions\x18\x02 \x03(\v2\x1d.streamhouse.v1.PartitionInfoR\n" +
-	"partitions2\xff\x02\n" +
+	"partitions\"\xa7\x02\n" +
+	"\x11AlterTopicRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12&\n" +
+	"\fretention_ms\x18\x02 \x01(\x03H\x00R\vretentionMs\x88\x01\x01\x12,\n" +
+	"\x0fretention_bytes\x18\x03 \x01(\x03H\x01R\x0eretentionBytes\x88\x01\x01\x12-\n" +
+	"\x10max_record_bytes\x18\x04 \x01(\x05H\x02R\x0emaxRecordBytes\x88\x01\x01\x12+\n" +
+	"\x0fmax_batch_bytes\x18\x05 \x01(\x05H\x03R\rmaxBatchBytes\x88\x01\x01B\x0f\n" +
+	"\r_retention_msB\x12\n" +
+	"\x10_retention_bytesB\x13\n" +
+	"\x11_max_record_bytesB\x12\n" +
+	"\x10_max_batch_bytes\"E\n" +
+	"\x12AlterTopicResponse\x12/\n" +
+	"\x05topic\x18\x01 \x01(\v2\x19.streamhouse.v1.TopicInfoR\x05topic2\xd6\x03\n" +
 	"\fAdminService\x12X\n" +
 	"\vCreateTopic\x12\".streamhouse.v1.CreateTopicRequest\x1a#.streamhouse.v1.CreateTopicResponse\"\x00\x12X\n" +
-	"\vDeleteTopic\x12\".streamhouse.v1.DeleteTopicRequest\x1a#.streamhouse.v1.DeleteTopicResponse\"\x00\x12X\n" +
+	"\vDeleteTopic\x12\".streamhouse.v1.DeleteTopicRequest\x1a#.streamhouse.v1.DeleteTopicResponse\"\x00\x12U\n" +
+	"\n" +
+	"AlterTopic\x12!.streamhouse.v1.AlterTopicRequest\x1a\".streamhouse.v1.AlterTopicResponse\"\x00\x12X\n" +
 	"\n" +
 	"ListTopics\x12!.streamhouse.v1.ListTopicsRequest\x1a\".streamhouse.v1.ListTopicsResponse\"\x03\x90\x02\x01\x12a\n" +
 	"\rDescribeTopic\x12$.streamhouse.v1.DescribeTopicRequest\x1a%.streamhouse.v1.DescribeTopicResponse\"\x03\x90\x02\x01BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
@@ -471,7 +607,7 @@ func file_streamhouse_v1_admin_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_admin_proto_rawDescData
 }
 
-var file_streamhouse_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_streamhouse_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_streamhouse_v1_admin_proto_goTypes = []any{
 	(*CreateTopicRequest)(nil),    // 0: streamhouse.v1.CreateTopicRequest
 	(*CreateTopicResponse)(nil),   // 1: streamhouse.v1.CreateTopicResponse
@@ -481,29 +617,34 @@ var file_streamhouse_v1_admin_proto_goTypes = []any{
 	(*ListTopicsResponse)(nil),    // 5: streamhouse.v1.ListTopicsResponse
 	(*DescribeTopicRequest)(nil),  // 6: streamhouse.v1.DescribeTopicRequest
 	(*DescribeTopicResponse)(nil), // 7: streamhouse.v1.DescribeTopicResponse
-	(Durability)(0),               // 8: streamhouse.v1.Durability
-	(*TopicInfo)(nil),             // 9: streamhouse.v1.TopicInfo
-	(*PartitionInfo)(nil),         // 10: streamhouse.v1.PartitionInfo
+	(*AlterTopicRequest)(nil),     // 8: streamhouse.v1.AlterTopicRequest
+	(*AlterTopicResponse)(nil),    // 9: streamhouse.v1.AlterTopicResponse
+	(Durability)(0),               // 10: streamhouse.v1.Durability
+	(*TopicInfo)(nil),             // 11: streamhouse.v1.TopicInfo
+	(*PartitionInfo)(nil),         // 12: streamhouse.v1.PartitionInfo
 }
 var file_streamhouse_v1_admin_proto_depIdxs = []int32{
-	8,  // 0: streamhouse.v1.CreateTopicRequest.durability:type_name -> streamhouse.v1.Durability
-	9,  // 1: streamhouse.v1.CreateTopicResponse.topic:type_name -> streamhouse.v1.TopicInfo
-	9,  // 2: streamhouse.v1.ListTopicsResponse.topics:type_name -> streamhouse.v1.TopicInfo
-	9,  // 3: streamhouse.v1.DescribeTopicResponse.topic:type_name -> streamhouse.v1.TopicInfo
-	10, // 4: streamhouse.v1.DescribeTopicResponse.partitions:type_name -> streamhouse.v1.PartitionInfo
-	0,  // 5: streamhouse.v1.AdminService.CreateTopic:input_type -> streamhouse.v1.CreateTopicRequest
-	2,  // 6: streamhouse.v1.AdminService.DeleteTopic:input_type -> streamhouse.v1.DeleteTopicRequest
-	4,  // 7: streamhouse.v1.AdminService.ListTopics:input_type -> streamhouse.v1.ListTopicsRequest
-	6,  // 8: streamhouse.v1.AdminService.DescribeTopic:input_type -> streamhouse.v1.DescribeTopicRequest
-	1,  // 9: streamhouse.v1.AdminService.CreateTopic:output_type -> streamhouse.v1.CreateTopicResponse
-	3,  // 10: streamhouse.v1.AdminService.DeleteTopic:output_type -> streamhouse.v1.DeleteTopicResponse
-	5,  // 11: streamhouse.v1.AdminService.ListTopics:output_type -> streamhouse.v1.ListTopicsResponse
-	7,  // 12: streamhouse.v1.AdminService.DescribeTopic:output_type -> streamhouse.v1.DescribeTopicResponse
-	9,  // [9:13] is the sub-list for method output_type
-	5,  // [5:9] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	10, // 0: streamhouse.v1.CreateTopicRequest.durability:type_name -> streamhouse.v1.Durability
+	11, // 1: streamhouse.v1.CreateTopicResponse.topic:type_name -> streamhouse.v1.TopicInfo
+	11, // 2: streamhouse.v1.ListTopicsResponse.topics:type_name -> streamhouse.v1.TopicInfo
+	11, // 3: streamhouse.v1.DescribeTopicResponse.topic:type_name -> streamhouse.v1.TopicInfo
+	12, // 4: streamhouse.v1.DescribeTopicResponse.partitions:type_name -> streamhouse.v1.PartitionInfo
+	11, // 5: streamhouse.v1.AlterTopicResponse.topic:type_name -> streamhouse.v1.TopicInfo
+	0,  // 6: streamhouse.v1.AdminService.CreateTopic:input_type -> streamhouse.v1.CreateTopicRequest
+	2,  // 7: streamhouse.v1.AdminService.DeleteTopic:input_type -> streamhouse.v1.DeleteTopicRequest
+	8,  // 8: streamhouse.v1.AdminService.AlterTopic:input_type -> streamhouse.v1.AlterTopicRequest
+	4,  // 9: streamhouse.v1.AdminService.ListTopics:input_type -> streamhouse.v1.ListTopicsRequest
+	6,  // 10: streamhouse.v1.AdminService.DescribeTopic:input_type -> streamhouse.v1.DescribeTopicRequest
+	1,  // 11: streamhouse.v1.AdminService.CreateTopic:output_type -> streamhouse.v1.CreateTopicResponse
+	3,  // 12: streamhouse.v1.AdminService.DeleteTopic:output_type -> streamhouse.v1.DeleteTopicResponse
+	9,  // 13: streamhouse.v1.AdminService.AlterTopic:output_type -> streamhouse.v1.AlterTopicResponse
+	5,  // 14: streamhouse.v1.AdminService.ListTopics:output_type -> streamhouse.v1.ListTopicsResponse
+	7,  // 15: streamhouse.v1.AdminService.DescribeTopic:output_type -> streamhouse.v1.DescribeTopicResponse
+	11, // [11:16] is the sub-list for method output_type
+	6,  // [6:11] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_admin_proto_init() }
@@ -512,13 +653,14 @@ func file_streamhouse_v1_admin_proto_init() {
 		return
 	}
 	file_streamhouse_v1_common_proto_init()
+	file_streamhouse_v1_admin_proto_msgTypes[8].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_admin_proto_rawDesc), len(file_streamhouse_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

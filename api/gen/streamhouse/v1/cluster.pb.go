@@ -21,6 +21,191 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type DrainAgentRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	AgentId       string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	Undrain       bool                   `protobuf:"varint,2,opt,name=undrain,proto3" json:"undrain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentRequest) Reset() {
+	*x = DrainAgentRequest{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentRequest) ProtoMessage() {}
+
+func (x *DrainAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentRequest.ProtoReflect.Descriptor instead.
+func (*DrainAgentRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *DrainAgentRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *DrainAgentRequest) GetUndrain() bool {
+	if x != nil {
+		return x.Undrain
+	}
+	return false
+}
+
+type DrainAgentResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DrainAgentResponse) Reset() {
+	*x = DrainAgentResponse{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DrainAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DrainAgentResponse) ProtoMessage() {}
+
+func (x *DrainAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DrainAgentResponse.ProtoReflect.Descriptor instead.
+func (*DrainAgentResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+type ReleasePartitionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReleasePartitionRequest) Reset() {
+	*x = ReleasePartitionRequest{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleasePartitionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleasePartitionRequest) ProtoMessage() {}
+
+func (x *ReleasePartitionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleasePartitionRequest.ProtoReflect.Descriptor instead.
+func (*ReleasePartitionRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ReleasePartitionRequest) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ReleasePartitionRequest) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+type ReleasePartitionResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent that held the lease, empty if none did.
+	PreviousHolder string `protobuf:"bytes,1,opt,name=previous_holder,json=previousHolder,proto3" json:"previous_holder,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReleasePartitionResponse) Reset() {
+	*x = ReleasePartitionResponse{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReleasePartitionResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReleasePartitionResponse) ProtoMessage() {}
+
+func (x *ReleasePartitionResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReleasePartitionResponse.ProtoReflect.Descriptor instead.
+func (*ReleasePartitionResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *ReleasePartitionResponse) GetPreviousHolder() string {
+	if x != nil {
+		return x.PreviousHolder
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -29,7 +214,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[0]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -41,7 +226,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[0]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -54,7 +239,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{0}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 // Voter is one member of the controller's Raft configuration.
@@ -73,7 +258,7 @@ type Voter struct {
 
 func (x *Voter) Reset() {
 	*x = Voter{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -85,7 +270,7 @@ func (x *Voter) String() string {
 func (*Voter) ProtoMessage() {}
 
 func (x *Voter) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -98,7 +283,7 @@ func (x *Voter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Voter.ProtoReflect.Descriptor instead.
 func (*Voter) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{1}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Voter) GetId() string {
@@ -153,7 +338,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -165,7 +350,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -178,7 +363,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{2}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AgentStatus) GetId() string {
@@ -239,7 +424,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[3]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +436,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[3]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +449,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{3}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *StatusResponse) GetVoters() []*Voter {
@@ -327,7 +512,7 @@ type AddVoterRequest struct {
 
 func (x *AddVoterRequest) Reset() {
 	*x = AddVoterRequest{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[4]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -339,7 +524,7 @@ func (x *AddVoterRequest) String() string {
 func (*AddVoterRequest) ProtoMessage() {}
 
 func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[4]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -352,7 +537,7 @@ func (x *AddVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterRequest.ProtoReflect.Descriptor instead.
 func (*AddVoterRequest) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{4}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AddVoterRequest) GetId() string {
@@ -384,7 +569,7 @@ type AddVoterResponse struct {
 
 func (x *AddVoterResponse) Reset() {
 	*x = AddVoterResponse{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[5]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -396,7 +581,7 @@ func (x *AddVoterResponse) String() string {
 func (*AddVoterResponse) ProtoMessage() {}
 
 func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[5]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -409,7 +594,7 @@ func (x *AddVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AddVoterResponse.ProtoReflect.Descriptor instead.
 func (*AddVoterResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{5}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 type RemoveVoterRequest struct {
@@ -421,7 +606,7 @@ type RemoveVoterRequest struct {
 
 func (x *RemoveVoterRequest) Reset() {
 	*x = RemoveVoterRequest{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[6]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +618,7 @@ func (x *RemoveVoterRequest) String() string {
 func (*RemoveVoterRequest) ProtoMessage() {}
 
 func (x *RemoveVoterRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[6]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +631,7 @@ func (x *RemoveVoterRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVoterRequest.ProtoReflect.Descriptor instead.
 func (*RemoveVoterRequest) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{6}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RemoveVoterRequest) GetId() string {
@@ -464,7 +649,7 @@ type RemoveVoterResponse struct {
 
 func (x *RemoveVoterResponse) Reset() {
 	*x = RemoveVoterResponse{}
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[7]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -476,7 +661,7 @@ func (x *RemoveVoterResponse) String() string {
 func (*RemoveVoterResponse) ProtoMessage() {}
 
 func (x *RemoveVoterResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_cluster_proto_msgTypes[7]
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -489,14 +674,23 @@ func (x *RemoveVoterResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveVoterResponse.ProtoReflect.Descriptor instead.
 func (*RemoveVoterResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{7}
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 var File_streamhouse_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\x1cstreamhouse/v1/cluster.proto\x12\x0estreamhouse.v1\"\x0f\n" +
+	"\x1cstreamhouse/v1/cluster.proto\x12\x0estreamhouse.v1\"H\n" +
+	"\x11DrainAgentRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x18\n" +
+	"\aundrain\x18\x02 \x01(\bR\aundrain\"\x14\n" +
+	"\x12DrainAgentResponse\"M\n" +
+	"\x17ReleasePartitionRequest\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\"C\n" +
+	"\x18ReleasePartitionResponse\x12'\n" +
+	"\x0fprevious_holder\x18\x01 \x01(\tR\x0epreviousHolder\"\x0f\n" +
 	"\rStatusRequest\"\x8f\x01\n" +
 	"\x05Voter\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
@@ -530,11 +724,14 @@ const file_streamhouse_v1_cluster_proto_rawDesc = "" +
 	"\x10AddVoterResponse\"$\n" +
 	"\x12RemoveVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13RemoveVoterResponse2\x89\x02\n" +
+	"\x13RemoveVoterResponse2\xc9\x03\n" +
 	"\x0eClusterService\x12L\n" +
 	"\x06Status\x12\x1d.streamhouse.v1.StatusRequest\x1a\x1e.streamhouse.v1.StatusResponse\"\x03\x90\x02\x01\x12O\n" +
 	"\bAddVoter\x12\x1f.streamhouse.v1.AddVoterRequest\x1a .streamhouse.v1.AddVoterResponse\"\x00\x12X\n" +
-	"\vRemoveVoter\x12\".streamhouse.v1.RemoveVoterRequest\x1a#.streamhouse.v1.RemoveVoterResponse\"\x00BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
+	"\vRemoveVoter\x12\".streamhouse.v1.RemoveVoterRequest\x1a#.streamhouse.v1.RemoveVoterResponse\"\x00\x12U\n" +
+	"\n" +
+	"DrainAgent\x12!.streamhouse.v1.DrainAgentRequest\x1a\".streamhouse.v1.DrainAgentResponse\"\x00\x12g\n" +
+	"\x10ReleasePartition\x12'.streamhouse.v1.ReleasePartitionRequest\x1a(.streamhouse.v1.ReleasePartitionResponse\"\x00BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
 
 var (
 	file_streamhouse_v1_cluster_proto_rawDescOnce sync.Once
@@ -548,31 +745,39 @@ func file_streamhouse_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_cluster_proto_rawDescData
 }
 
-var file_streamhouse_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_streamhouse_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_streamhouse_v1_cluster_proto_goTypes = []any{
-	(*StatusRequest)(nil),       // 0: streamhouse.v1.StatusRequest
-	(*Voter)(nil),               // 1: streamhouse.v1.Voter
-	(*AgentStatus)(nil),         // 2: streamhouse.v1.AgentStatus
-	(*StatusResponse)(nil),      // 3: streamhouse.v1.StatusResponse
-	(*AddVoterRequest)(nil),     // 4: streamhouse.v1.AddVoterRequest
-	(*AddVoterResponse)(nil),    // 5: streamhouse.v1.AddVoterResponse
-	(*RemoveVoterRequest)(nil),  // 6: streamhouse.v1.RemoveVoterRequest
-	(*RemoveVoterResponse)(nil), // 7: streamhouse.v1.RemoveVoterResponse
+	(*DrainAgentRequest)(nil),        // 0: streamhouse.v1.DrainAgentRequest
+	(*DrainAgentResponse)(nil),       // 1: streamhouse.v1.DrainAgentResponse
+	(*ReleasePartitionRequest)(nil),  // 2: streamhouse.v1.ReleasePartitionRequest
+	(*ReleasePartitionResponse)(nil), // 3: streamhouse.v1.ReleasePartitionResponse
+	(*StatusRequest)(nil),            // 4: streamhouse.v1.StatusRequest
+	(*Voter)(nil),                    // 5: streamhouse.v1.Voter
+	(*AgentStatus)(nil),              // 6: streamhouse.v1.AgentStatus
+	(*StatusResponse)(nil),           // 7: streamhouse.v1.StatusResponse
+	(*AddVoterRequest)(nil),          // 8: streamhouse.v1.AddVoterRequest
+	(*AddVoterResponse)(nil),         // 9: streamhouse.v1.AddVoterResponse
+	(*RemoveVoterRequest)(nil),       // 10: streamhouse.v1.RemoveVoterRequest
+	(*RemoveVoterResponse)(nil),      // 11: streamhouse.v1.RemoveVoterResponse
 }
 var file_streamhouse_v1_cluster_proto_depIdxs = []int32{
-	1, // 0: streamhouse.v1.StatusResponse.voters:type_name -> streamhouse.v1.Voter
-	2, // 1: streamhouse.v1.StatusResponse.agents:type_name -> streamhouse.v1.AgentStatus
-	0, // 2: streamhouse.v1.ClusterService.Status:input_type -> streamhouse.v1.StatusRequest
-	4, // 3: streamhouse.v1.ClusterService.AddVoter:input_type -> streamhouse.v1.AddVoterRequest
-	6, // 4: streamhouse.v1.ClusterService.RemoveVoter:input_type -> streamhouse.v1.RemoveVoterRequest
-	3, // 5: streamhouse.v1.ClusterService.Status:output_type -> streamhouse.v1.StatusResponse
-	5, // 6: streamhouse.v1.ClusterService.AddVoter:output_type -> streamhouse.v1.AddVoterResponse
-	7, // 7: streamhouse.v1.ClusterService.RemoveVoter:output_type -> streamhouse.v1.RemoveVoterResponse
-	5, // [5:8] is the sub-list for method output_type
-	2, // [2:5] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	5,  // 0: streamhouse.v1.StatusResponse.voters:type_name -> streamhouse.v1.Voter
+	6,  // 1: streamhouse.v1.StatusResponse.agents:type_name -> streamhouse.v1.AgentStatus
+	4,  // 2: streamhouse.v1.ClusterService.Status:input_type -> streamhouse.v1.StatusRequest
+	8,  // 3: streamhouse.v1.ClusterService.AddVoter:input_type -> streamhouse.v1.AddVoterRequest
+	10, // 4: streamhouse.v1.ClusterService.RemoveVoter:input_type -> streamhouse.v1.RemoveVoterRequest
+	0,  // 5: streamhouse.v1.ClusterService.DrainAgent:input_type -> streamhouse.v1.DrainAgentRequest
+	2,  // 6: streamhouse.v1.ClusterService.ReleasePartition:input_type -> streamhouse.v1.ReleasePartitionRequest
+	7,  // 7: streamhouse.v1.ClusterService.Status:output_type -> streamhouse.v1.StatusResponse
+	9,  // 8: streamhouse.v1.ClusterService.AddVoter:output_type -> streamhouse.v1.AddVoterResponse
+	11, // 9: streamhouse.v1.ClusterService.RemoveVoter:output_type -> streamhouse.v1.RemoveVoterResponse
+	1,  // 10: streamhouse.v1.ClusterService.DrainAgent:output_type -> streamhouse.v1.DrainAgentResponse
+	3,  // 11: streamhouse.v1.ClusterService.ReleasePartition:output_type -> streamhouse.v1.ReleasePartitionResponse
+	7,  // [7:12] is the sub-list for method output_type
+	2,  // [2:7] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_cluster_proto_init() }
@@ -586,7 +791,7 @@ func file_streamhouse_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_cluster_proto_rawDesc), len(file_streamhouse_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -256,8 +256,11 @@ type HeartbeatResponse struct {
 	// How long the leases last from when the request was sent; the agent stops
 	// writing a safety margin before that.
 	LeaseDurationMs int64 `protobuf:"varint,2,opt,name=lease_duration_ms,json=leaseDurationMs,proto3" json:"lease_duration_ms,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The agent is draining: it must upload what it holds and release its
+	// leases; it gets no new ones.
+	Drain         bool `protobuf:"varint,3,opt,name=drain,proto3" json:"drain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *HeartbeatResponse) Reset() {
@@ -302,6 +305,13 @@ func (x *HeartbeatResponse) GetLeaseDurationMs() int64 {
 		return x.LeaseDurationMs
 	}
 	return 0
+}
+
+func (x *HeartbeatResponse) GetDrain() bool {
+	if x != nil {
+		return x.Drain
+	}
+	return false
 }
 
 // ObjectSection is the contiguous run of one partition's batches in an object.
@@ -1091,10 +1101,11 @@ const file_streamhouse_v1_controller_proto_rawDesc = "" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x14\n" +
 	"\x05epoch\x18\x03 \x01(\x03R\x05epoch\x120\n" +
 	"\x14committed_end_offset\x18\x04 \x01(\x03R\x12committedEndOffset\x12!\n" +
-	"\fstart_offset\x18\x05 \x01(\x03R\vstartOffset\"n\n" +
+	"\fstart_offset\x18\x05 \x01(\x03R\vstartOffset\"\x84\x01\n" +
 	"\x11HeartbeatResponse\x12-\n" +
 	"\x06leases\x18\x01 \x03(\v2\x15.streamhouse.v1.LeaseR\x06leases\x12*\n" +
-	"\x11lease_duration_ms\x18\x02 \x01(\x03R\x0fleaseDurationMs\"\x96\x02\n" +
+	"\x11lease_duration_ms\x18\x02 \x01(\x03R\x0fleaseDurationMs\x12\x14\n" +
+	"\x05drain\x18\x03 \x01(\bR\x05drain\"\x96\x02\n" +
 	"\rObjectSection\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x14\n" +

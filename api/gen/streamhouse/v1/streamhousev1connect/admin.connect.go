@@ -39,6 +39,8 @@ const (
 	// AdminServiceDeleteTopicProcedure is the fully-qualified name of the AdminService's DeleteTopic
 	// RPC.
 	AdminServiceDeleteTopicProcedure = "/streamhouse.v1.AdminService/DeleteTopic"
+	// AdminServiceAlterTopicProcedure is the fully-qualified name of the AdminService's AlterTopic RPC.
+	AdminServiceAlterTopicProcedure = "/streamhouse.v1.AdminService/AlterTopic"
 	// AdminServiceListTopicsProcedure is the fully-qualified name of the AdminService's ListTopics RPC.
 	AdminServiceListTopicsProcedure = "/streamhouse.v1.AdminService/ListTopics"
 	// AdminServiceDescribeTopicProcedure is the fully-qualified name of the AdminService's
@@ -53,6 +55,9 @@ type AdminServiceClient interface {
 	CreateTopic(context.Context, *connect.Request[v1.CreateTopicRequest]) (*connect.Response[v1.CreateTopicResponse], error)
 	// DeleteTopic deletes a topic and its data. NotFound if it does not exist.
 	DeleteTopic(context.Context, *connect.Request[v1.DeleteTopicRequest]) (*connect.Response[v1.DeleteTopicResponse], error)
+	// AlterTopic changes a topic's settings; unset fields keep their value.
+	// The partition count and durability cannot change.
+	AlterTopic(context.Context, *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error)
 	// ListTopics lists all topics, sorted by name.
 	ListTopics(context.Context, *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error)
 	// DescribeTopic returns a topic's settings and the state of each partition.
@@ -82,6 +87,12 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithSchema(adminServiceMethods.ByName("DeleteTopic")),
 			connect.WithClientOptions(opts...),
 		),
+		alterTopic: connect.NewClient[v1.AlterTopicRequest, v1.AlterTopicResponse](
+			httpClient,
+			baseURL+AdminServiceAlterTopicProcedure,
+			connect.WithSchema(adminServiceMethods.ByName("AlterTopic")),
+			connect.WithClientOptions(opts...),
+		),
 		listTopics: connect.NewClient[v1.ListTopicsRequest, v1.ListTopicsResponse](
 			httpClient,
 			baseURL+AdminServiceListTopicsProcedure,
@@ -103,6 +114,7 @@ func NewAdminServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 type adminServiceClient struct {
 	createTopic   *connect.Client[v1.CreateTopicRequest, v1.CreateTopicResponse]
 	deleteTopic   *connect.Client[v1.DeleteTopicRequest, v1.DeleteTopicResponse]
+	alterTopic    *connect.Client[v1.AlterTopicRequest, v1.AlterTopicResponse]
 	listTopics    *connect.Client[v1.ListTopicsRequest, v1.ListTopicsResponse]
 	describeTopic *connect.Client[v1.DescribeTopicRequest, v1.DescribeTopicResponse]
 }
@@ -115,6 +127,11 @@ func (c *adminServiceClient) CreateTopic(ctx context.Context, req *connect.Reque
 // DeleteTopic calls streamhouse.v1.AdminService.DeleteTopic.
 func (c *adminServiceClient) DeleteTopic(ctx context.Context, req *connect.Request[v1.DeleteTopicRequest]) (*connect.Response[v1.DeleteTopicResponse], error) {
 	return c.deleteTopic.CallUnary(ctx, req)
+}
+
+// AlterTopic calls streamhouse.v1.AdminService.AlterTopic.
+func (c *adminServiceClient) AlterTopic(ctx context.Context, req *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error) {
+	return c.alterTopic.CallUnary(ctx, req)
 }
 
 // ListTopics calls streamhouse.v1.AdminService.ListTopics.
@@ -134,6 +151,9 @@ type AdminServiceHandler interface {
 	CreateTopic(context.Context, *connect.Request[v1.CreateTopicRequest]) (*connect.Response[v1.CreateTopicResponse], error)
 	// DeleteTopic deletes a topic and its data. NotFound if it does not exist.
 	DeleteTopic(context.Context, *connect.Request[v1.DeleteTopicRequest]) (*connect.Response[v1.DeleteTopicResponse], error)
+	// AlterTopic changes a topic's settings; unset fields keep their value.
+	// The partition count and durability cannot change.
+	AlterTopic(context.Context, *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error)
 	// ListTopics lists all topics, sorted by name.
 	ListTopics(context.Context, *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error)
 	// DescribeTopic returns a topic's settings and the state of each partition.
@@ -159,6 +179,12 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 		connect.WithSchema(adminServiceMethods.ByName("DeleteTopic")),
 		connect.WithHandlerOptions(opts...),
 	)
+	adminServiceAlterTopicHandler := connect.NewUnaryHandler(
+		AdminServiceAlterTopicProcedure,
+		svc.AlterTopic,
+		connect.WithSchema(adminServiceMethods.ByName("AlterTopic")),
+		connect.WithHandlerOptions(opts...),
+	)
 	adminServiceListTopicsHandler := connect.NewUnaryHandler(
 		AdminServiceListTopicsProcedure,
 		svc.ListTopics,
@@ -179,6 +205,8 @@ func NewAdminServiceHandler(svc AdminServiceHandler, opts ...connect.HandlerOpti
 			adminServiceCreateTopicHandler.ServeHTTP(w, r)
 		case AdminServiceDeleteTopicProcedure:
 			adminServiceDeleteTopicHandler.ServeHTTP(w, r)
+		case AdminServiceAlterTopicProcedure:
+			adminServiceAlterTopicHandler.ServeHTTP(w, r)
 		case AdminServiceListTopicsProcedure:
 			adminServiceListTopicsHandler.ServeHTTP(w, r)
 		case AdminServiceDescribeTopicProcedure:
@@ -198,6 +226,10 @@ func (UnimplementedAdminServiceHandler) CreateTopic(context.Context, *connect.Re
 
 func (UnimplementedAdminServiceHandler) DeleteTopic(context.Context, *connect.Request[v1.DeleteTopicRequest]) (*connect.Response[v1.DeleteTopicResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.AdminService.DeleteTopic is not implemented"))
+}
+
+func (UnimplementedAdminServiceHandler) AlterTopic(context.Context, *connect.Request[v1.AlterTopicRequest]) (*connect.Response[v1.AlterTopicResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.AdminService.AlterTopic is not implemented"))
 }
 
 func (UnimplementedAdminServiceHandler) ListTopics(context.Context, *connect.Request[v1.ListTopicsRequest]) (*connect.Response[v1.ListTopicsResponse], error) {

@@ -40,6 +40,12 @@ const (
 	// ClusterServiceRemoveVoterProcedure is the fully-qualified name of the ClusterService's
 	// RemoveVoter RPC.
 	ClusterServiceRemoveVoterProcedure = "/streamhouse.v1.ClusterService/RemoveVoter"
+	// ClusterServiceDrainAgentProcedure is the fully-qualified name of the ClusterService's DrainAgent
+	// RPC.
+	ClusterServiceDrainAgentProcedure = "/streamhouse.v1.ClusterService/DrainAgent"
+	// ClusterServiceReleasePartitionProcedure is the fully-qualified name of the ClusterService's
+	// ReleasePartition RPC.
+	ClusterServiceReleasePartitionProcedure = "/streamhouse.v1.ClusterService/ReleasePartition"
 )
 
 // ClusterServiceClient is a client for the streamhouse.v1.ClusterService service.
@@ -51,6 +57,12 @@ type ClusterServiceClient interface {
 	AddVoter(context.Context, *connect.Request[v1.AddVoterRequest]) (*connect.Response[v1.AddVoterResponse], error)
 	// RemoveVoter removes a controller from the Raft configuration.
 	RemoveVoter(context.Context, *connect.Request[v1.RemoveVoterRequest]) (*connect.Response[v1.RemoveVoterResponse], error)
+	// DrainAgent marks an agent draining (or, with undrain, not): it uploads
+	// what it holds, gives up its partitions, and gets no new ones.
+	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// ReleasePartition takes a partition's lease away from its holder now;
+	// the next holder gets a new epoch, so the old one is fenced.
+	ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error)
 }
 
 // NewClusterServiceClient constructs a client for the streamhouse.v1.ClusterService service. By
@@ -83,14 +95,28 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("RemoveVoter")),
 			connect.WithClientOptions(opts...),
 		),
+		drainAgent: connect.NewClient[v1.DrainAgentRequest, v1.DrainAgentResponse](
+			httpClient,
+			baseURL+ClusterServiceDrainAgentProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("DrainAgent")),
+			connect.WithClientOptions(opts...),
+		),
+		releasePartition: connect.NewClient[v1.ReleasePartitionRequest, v1.ReleasePartitionResponse](
+			httpClient,
+			baseURL+ClusterServiceReleasePartitionProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("ReleasePartition")),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // clusterServiceClient implements ClusterServiceClient.
 type clusterServiceClient struct {
-	status      *connect.Client[v1.StatusRequest, v1.StatusResponse]
-	addVoter    *connect.Client[v1.AddVoterRequest, v1.AddVoterResponse]
-	removeVoter *connect.Client[v1.RemoveVoterRequest, v1.RemoveVoterResponse]
+	status           *connect.Client[v1.StatusRequest, v1.StatusResponse]
+	addVoter         *connect.Client[v1.AddVoterRequest, v1.AddVoterResponse]
+	removeVoter      *connect.Client[v1.RemoveVoterRequest, v1.RemoveVoterResponse]
+	drainAgent       *connect.Client[v1.DrainAgentRequest, v1.DrainAgentResponse]
+	releasePartition *connect.Client[v1.ReleasePartitionRequest, v1.ReleasePartitionResponse]
 }
 
 // Status calls streamhouse.v1.ClusterService.Status.
@@ -108,6 +134,16 @@ func (c *clusterServiceClient) RemoveVoter(ctx context.Context, req *connect.Req
 	return c.removeVoter.CallUnary(ctx, req)
 }
 
+// DrainAgent calls streamhouse.v1.ClusterService.DrainAgent.
+func (c *clusterServiceClient) DrainAgent(ctx context.Context, req *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
+	return c.drainAgent.CallUnary(ctx, req)
+}
+
+// ReleasePartition calls streamhouse.v1.ClusterService.ReleasePartition.
+func (c *clusterServiceClient) ReleasePartition(ctx context.Context, req *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error) {
+	return c.releasePartition.CallUnary(ctx, req)
+}
+
 // ClusterServiceHandler is an implementation of the streamhouse.v1.ClusterService service.
 type ClusterServiceHandler interface {
 	// Status reports the voters, the leader, Raft's term and indexes, and the
@@ -117,6 +153,12 @@ type ClusterServiceHandler interface {
 	AddVoter(context.Context, *connect.Request[v1.AddVoterRequest]) (*connect.Response[v1.AddVoterResponse], error)
 	// RemoveVoter removes a controller from the Raft configuration.
 	RemoveVoter(context.Context, *connect.Request[v1.RemoveVoterRequest]) (*connect.Response[v1.RemoveVoterResponse], error)
+	// DrainAgent marks an agent draining (or, with undrain, not): it uploads
+	// what it holds, gives up its partitions, and gets no new ones.
+	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// ReleasePartition takes a partition's lease away from its holder now;
+	// the next holder gets a new epoch, so the old one is fenced.
+	ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error)
 }
 
 // NewClusterServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -145,6 +187,18 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("RemoveVoter")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceDrainAgentHandler := connect.NewUnaryHandler(
+		ClusterServiceDrainAgentProcedure,
+		svc.DrainAgent,
+		connect.WithSchema(clusterServiceMethods.ByName("DrainAgent")),
+		connect.WithHandlerOptions(opts...),
+	)
+	clusterServiceReleasePartitionHandler := connect.NewUnaryHandler(
+		ClusterServiceReleasePartitionProcedure,
+		svc.ReleasePartition,
+		connect.WithSchema(clusterServiceMethods.ByName("ReleasePartition")),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/streamhouse.v1.ClusterService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case ClusterServiceStatusProcedure:
@@ -153,6 +207,10 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceAddVoterHandler.ServeHTTP(w, r)
 		case ClusterServiceRemoveVoterProcedure:
 			clusterServiceRemoveVoterHandler.ServeHTTP(w, r)
+		case ClusterServiceDrainAgentProcedure:
+			clusterServiceDrainAgentHandler.ServeHTTP(w, r)
+		case ClusterServiceReleasePartitionProcedure:
+			clusterServiceReleasePartitionHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -172,4 +230,12 @@ func (UnimplementedClusterServiceHandler) AddVoter(context.Context, *connect.Req
 
 func (UnimplementedClusterServiceHandler) RemoveVoter(context.Context, *connect.Request[v1.RemoveVoterRequest]) (*connect.Response[v1.RemoveVoterResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ClusterService.RemoveVoter is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ClusterService.DrainAgent is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ClusterService.ReleasePartition is not implemented"))
 }
