@@ -59,7 +59,11 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 		AgentID: m.GetAgentId(), Incarnation: m.GetIncarnation(), Address: m.GetAddress(), Zone: m.GetZone(),
 		NowMs: now.UnixMilli(), ExpiresMs: now.Add(n.cfg.LeaseDuration).UnixMilli(),
 	}
-	n.fsm.Read(func(s *fsm.State) { grant.Partitions = planGrants(s, m.GetAgentId(), live, grant.NowMs) })
+	var unclean []fsm.PartitionRef
+	n.fsm.Read(func(s *fsm.State) {
+		grant.Partitions, unclean = planGrants(s, m.GetAgentId(), live, grant.NowMs, n.cfg.WALHandoffTimeout.Milliseconds())
+	})
+	n.reportUnclean(unclean, m.GetAgentId())
 	res, err := n.apply(ctx, fsm.GrantLeasesType, grant)
 	if err == nil {
 		err, _ = res.(error)
@@ -88,6 +92,29 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	return connect.NewResponse(out), nil
 }
 
+// reportUnclean logs and counts wal-topic partitions moved away from a
+// holder that vanished: the records it acknowledged but never uploaded are
+// lost, and the new epoch starts at the committed end.
+func (n *Node) reportUnclean(refs []fsm.PartitionRef, to string) {
+	if len(refs) == 0 {
+		return
+	}
+	n.fsm.Read(func(s *fsm.State) { n.reportUncleanLocked(s, refs, to) })
+}
+
+// reportUncleanLocked is reportUnclean inside an FSM read.
+func (n *Node) reportUncleanLocked(s *fsm.State, refs []fsm.PartitionRef, to string) {
+	for _, ref := range refs {
+		p := s.Topics[ref.Topic].Partitions[ref.Partition]
+		lost := max(n.reportedWALEnd(ref.Topic, ref.Partition)-p.CommittedEnd, 0)
+		uncleanHandoffs.Inc()
+		uncleanLostRecords.Add(int(lost))
+		n.log.Warn("unclean handoff: the holder of a wal partition vanished and did not come back in time; its un-uploaded tail is lost",
+			"topic", ref.Topic, "partition", ref.Partition, "old_holder", p.Holder, "new_holder", to,
+			"committed_end", p.CommittedEnd, "lost_records_reported", lost, "wal_handoff_timeout", n.cfg.WALHandoffTimeout)
+	}
+}
+
 // assignFree grants free partitions to live agents at once (each agent
 // learns of them at its next heartbeat or when asked for one of them).
 func (n *Node) assignFree(ctx context.Context) error {
@@ -114,7 +141,9 @@ func (n *Node) assignFree(ctx context.Context) error {
 			}
 			g := fsm.GrantLeases{AgentID: id, Incarnation: ag.Incarnation, Address: ag.Address, Zone: ag.Zone,
 				NowMs: now.UnixMilli(), ExpiresMs: now.Add(n.cfg.LeaseDuration).UnixMilli()}
-			for _, ref := range planGrants(s, id, live, g.NowMs) {
+			refs, unclean := planGrants(s, id, live, g.NowMs, n.cfg.WALHandoffTimeout.Milliseconds())
+			n.reportUncleanLocked(s, unclean, id)
+			for _, ref := range refs {
 				if s.Topics[ref.Topic].Partitions[ref.Partition].Holder != id {
 					g.Partitions = append(g.Partitions, ref)
 				}
@@ -136,7 +165,14 @@ func (n *Node) assignFree(ctx context.Context) error {
 // planGrants lists the partitions agent should hold after this heartbeat:
 // those it holds already (renewal, or re-grant after its restart), and free or
 // lapsed ones when it is the least loaded live agent at that moment.
-func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) []fsm.PartitionRef {
+//
+// A partition of a wal topic whose holder vanished (its lease lapsed without
+// a release) may hold acknowledged records that never reached the object
+// store. It is kept for that holder for walHandoffMs after the lease
+// lapsed, so a restarted holder uploads them; only then is it moved
+// (unclean: the tail is lost, and listed in unclean). Durable topics never
+// wait: what consumers may see is committed.
+func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs, walHandoffMs int64) (refs, unclean []fsm.PartitionRef) {
 	load := map[string]int{}
 	for id := range live {
 		if ag, ok := s.Agents[id]; !ok || !ag.Draining {
@@ -161,8 +197,8 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) [
 		ids = append(ids, id)
 	}
 	sort.Strings(ids)
-	var refs []fsm.PartitionRef
 	for _, name := range s.TopicNames() {
+		walTopic := v1.Durability(s.Topics[name].Config.Durability) == v1.Durability_DURABILITY_WAL
 		for i, p := range s.Topics[name].Partitions {
 			ref := fsm.PartitionRef{Topic: name, Partition: int32(i)}
 			if p.Holder == agent {
@@ -172,6 +208,10 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) [
 			if p.LeaseValid(nowMs) || draining || len(ids) == 0 {
 				continue
 			}
+			vanished := walTopic && p.Holder != ""
+			if vanished && nowMs < p.ExpiresMs+walHandoffMs {
+				continue // wait for the old holder to come back and upload
+			}
 			least := ids[0]
 			for _, id := range ids[1:] {
 				if load[id] < load[least] {
@@ -180,11 +220,14 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs int64) [
 			}
 			if least == agent {
 				refs = append(refs, ref)
+				if vanished {
+					unclean = append(unclean, ref)
+				}
 			}
 			load[least]++
 		}
 	}
-	return refs
+	return refs, unclean
 }
 
 func (c controllerService) CommitObject(ctx context.Context, req *connect.Request[v1.CommitObjectRequest]) (*connect.Response[v1.CommitObjectResponse], error) {

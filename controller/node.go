@@ -36,6 +36,9 @@ type Config struct {
 	// LeaseDuration is how long a partition lease lasts from the agent's
 	// heartbeat. Default 10s.
 	LeaseDuration time.Duration
+	// WALHandoffTimeout is how long a wal topic's partition waits for a
+	// vanished holder to come back before it moves uncleanly. Default 60s.
+	WALHandoffTimeout time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 	// Now is the clock used to stamp leases. Default time.Now. Tests replace it.
@@ -80,6 +83,12 @@ func (c *Config) setDefaults() error {
 	}
 	if c.LeaseDuration == 0 {
 		c.LeaseDuration = 10 * time.Second
+	}
+	if c.WALHandoffTimeout == 0 {
+		c.WALHandoffTimeout = 60 * time.Second
+	}
+	if c.WALHandoffTimeout < 0 {
+		return fmt.Errorf("controller: wal handoff timeout %v is negative", c.WALHandoffTimeout)
 	}
 	if c.LeaseDuration < time.Second {
 		return fmt.Errorf("controller: lease duration %v is below the 1s minimum", c.LeaseDuration)

@@ -30,6 +30,7 @@ type controllerConfig struct {
 	InitialCluster string
 	Join           string
 	LeaseDuration  time.Duration
+	WALHandoff     time.Duration
 }
 
 func (c *controllerConfig) peers() ([]controller.Peer, error) {
@@ -84,6 +85,7 @@ forwarded to the leader.`,
 	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "voters of a new cluster: id=host:port,... (the same on every member)")
 	f.StringVar(&cfg.Join, "join", "", "API addresses of an existing cluster's controllers to join: host:port,...")
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
+	f.DurationVar(&cfg.WALHandoff, "wal-handoff-timeout", 60*time.Second, "how long a wal topic's partition waits for a vanished agent to come back before it moves (losing that agent's un-uploaded tail)")
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
@@ -105,7 +107,7 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 		return err
 	}
 	node, err := controller.Open(ctx, controller.Config{
-		NodeID: cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, Logger: log,
+		NodeID: cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
 		RaftListener: raftLn, RaftAdvertise: raftAdvertise, APIAddress: advertise, InitialCluster: peers,
 	})
 	if err != nil {

@@ -1,0 +1,9 @@
+package controller
+
+import "github.com/VictoriaMetrics/metrics"
+
+// Controller metrics, in the process-wide registry served at /metrics.
+var (
+	uncleanHandoffs    = metrics.NewCounter("streamhouse_controller_unclean_handoffs_total")
+	uncleanLostRecords = metrics.NewCounter("streamhouse_controller_unclean_lost_records_total")
+)
