@@ -143,7 +143,10 @@ func (a *Agent) heartbeat(ctx context.Context, initial bool) error {
 func (a *Agent) drain() {
 	defer a.wg.Done()
 	a.log.Info("draining: uploading what the WAL holds, then releasing leases")
-	a.closeMu.Lock() // appends past their refusal check finish their WAL write
+	// Appends past their refusal check finish their WAL write: taking the
+	// write lock waits for them (closeMu is read-held across that window).
+	a.closeMu.Lock()
+	a.log.Debug("drain: appends in flight have reached the WAL")
 	a.closeMu.Unlock()
 	t := time.NewTicker(50 * time.Millisecond)
 	defer t.Stop()

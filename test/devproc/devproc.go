@@ -40,8 +40,8 @@ func Build(dir string) (string, error) {
 type Proc struct {
 	t       testing.TB
 	bin     string
-	Sub     string // dev, controller, agent or gateway
-	DataDir string // dev only
+	Sub     string   // dev, controller, agent or gateway
+	DataDir string   // dev only
 	Args    []string // extra flags
 	Env     []string // extra environment
 	Addr    string   // host:port the gateway listens on
