@@ -135,5 +135,12 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 	// Stop taking requests only after the agent has handed its partitions
 	// over; appends meanwhile get a retryable refusal.
 	cerr := ag.Close(sctx)
-	return errors.Join(err, cerr, srv.shutdown(sctx))
+	// The partitions are handed over: requests still arriving are refused
+	// anyway, so give connections a short drain, not the whole timeout.
+	hctx, hcancel := context.WithTimeout(sctx, time.Second)
+	defer hcancel()
+	if serr := srv.shutdown(hctx); serr != nil {
+		srv.srv.Close()
+	}
+	return errors.Join(err, cerr)
 }

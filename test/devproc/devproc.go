@@ -183,6 +183,34 @@ func (p *Proc) signal(sig syscall.Signal) {
 	<-done
 }
 
+// Terminate sends SIGTERM and returns at once; WaitExit waits for the exit.
+func (p *Proc) Terminate() { p.send(syscall.SIGTERM) }
+
+// WaitExit waits until the process has exited.
+func (p *Proc) WaitExit() {
+	p.mu.Lock()
+	done := p.done
+	p.mu.Unlock()
+	if done != nil {
+		<-done
+	}
+}
+
+// Pause stops the process with SIGSTOP (a zombie: alive, sockets open,
+// doing nothing) until Resume.
+func (p *Proc) Pause() { p.send(syscall.SIGSTOP) }
+
+// Resume continues a paused process with SIGCONT.
+func (p *Proc) Resume() { p.send(syscall.SIGCONT) }
+
+func (p *Proc) send(sig syscall.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd != nil {
+		_ = p.cmd.Process.Signal(sig)
+	}
+}
+
 // ExitCode is the last run's exit code (-1 if killed by a signal or running).
 func (p *Proc) ExitCode() int {
 	p.mu.Lock()

@@ -31,7 +31,20 @@ type cluster struct {
 	hc          *http.Client
 }
 
-func startCluster(t *testing.T, leaseDuration time.Duration) *cluster {
+// clusterOpts tunes startCluster.
+type clusterOpts struct {
+	lease      time.Duration // default 5s
+	walHandoff time.Duration // default 60s
+	agentArgs  []string      // extra agent flags
+}
+
+func startCluster(t *testing.T, o clusterOpts) *cluster {
+	if o.lease == 0 {
+		o.lease = 5 * time.Second
+	}
+	if o.walHandoff == 0 {
+		o.walHandoff = time.Minute
+	}
 	s3 := s3test.Start(t)
 	c := &cluster{t: t, hc: &http.Client{Transport: &http.Transport{}}}
 	t.Cleanup(c.hc.CloseIdleConnections)
@@ -43,7 +56,8 @@ func startCluster(t *testing.T, leaseDuration time.Duration) *cluster {
 	for i := range 3 {
 		c.controllers = append(c.controllers, devproc.StartCmd(t, bin, "controller",
 			"--node-id", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(), "--raft-listen", raft[i],
-			"--initial-cluster", strings.Join(initial, ","), "--lease-duration", leaseDuration.String()))
+			"--initial-cluster", strings.Join(initial, ","), "--lease-duration", o.lease.String(),
+			"--wal-handoff-timeout", o.walHandoff.String()))
 	}
 	var addrs []string
 	for _, p := range c.controllers {
@@ -52,9 +66,10 @@ func startCluster(t *testing.T, leaseDuration time.Duration) *cluster {
 	c.ctlAddrs = strings.Join(addrs, ",")
 	c.waitLeader(nil)
 	for range 3 {
-		c.agents = append(c.agents, devproc.StartCmd(t, bin, "agent", "--data-dir", t.TempDir(), "--controllers", c.ctlAddrs,
+		args := append([]string{"--data-dir", t.TempDir(), "--controllers", c.ctlAddrs,
 			"--flush-interval", "100ms", "--object-store", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket,
-			"--s3-access-key", s3.AccessKey, "--s3-secret-key", s3.SecretKey, "--s3-region", s3.Region))
+			"--s3-access-key", s3.AccessKey, "--s3-secret-key", s3.SecretKey, "--s3-region", s3.Region}, o.agentArgs...)
+		c.agents = append(c.agents, devproc.StartCmd(t, bin, "agent", args...))
 	}
 	for range 2 {
 		c.gateways = append(c.gateways, devproc.StartCmd(t, bin, "gateway", "--controllers", c.ctlAddrs))
@@ -102,70 +117,20 @@ func TestClusterFailover(t *testing.T) {
 		t.Skip("starts 8 processes; not in -short")
 	}
 	const lease = 5 * time.Second
-	c := startCluster(t, lease)
+	c := startCluster(t, clusterOpts{lease: lease})
 	const partitions = 6
 	admin := newClients(t, c.gateways[0].URL)
 	createTopic(t, admin, "f", partitions, v1.Durability_DURABILITY_DURABLE)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	h := checker.NewHistory()
-	var acked, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	for g, gw := range c.gateways {
-		sdk, err := client.New(gw.URL)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer sdk.Close()
-		for k := range 2 {
-			id := g*2 + k
-			prod, err := sdk.NewProducer("f", client.BatchBytes(8<<10), client.MaxBufferedBytes(256<<10), client.MaxRetryDuration(time.Minute))
-			if err != nil {
-				t.Fatal(err)
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer prod.Close()
-				for seq := 0; ; seq++ {
-					select {
-					case <-stop:
-						if err := prod.Flush(ctx); err != nil {
-							t.Errorf("flush: %v", err)
-						}
-						return
-					default:
-					}
-					v := fmt.Sprintf("p%d-%07d", id, seq)
-					prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
-						if r.Err != nil {
-							h.Failed(v)
-							failed.Add(1)
-							return
-						}
-						acked.Add(1)
-						h.Acked(checker.Ack{Producer: id, Seq: seq, Value: v, Partition: r.Partition, Offset: r.Offset})
-					})
-				}
-			}()
-		}
-	}
+	l := startLoad(t, ctx, c, "f", client.BatchBytes(8<<10))
+	h, acked, failed, waitAcks := l.h, &l.acked, &l.failed, l.waitAcks
 	window := func(name string, fault func()) {
 		a0, f0 := acked.Load(), failed.Load()
 		fault()
 		a, f := acked.Load()-a0, failed.Load()-f0
 		t.Logf("%s: %d acked, %d failed during the fault (error rate %.2f%%)", name, a, f, 100*float64(f)/float64(max(a+f, 1)))
-	}
-	waitAcks := func(n int64) {
-		target := acked.Load() + n
-		for acked.Load() < target {
-			if ctx.Err() != nil {
-				t.Fatal("producers made no progress")
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
 	}
 	waitAcks(2000)
 
@@ -229,17 +194,130 @@ func TestClusterFailover(t *testing.T) {
 		waitAcks(3000)
 	})
 
-	close(stop)
-	wg.Wait()
-	sdk, err := client.New(c.gateways[1].URL)
-	if err != nil {
-		t.Fatal(err)
+	l.stopAndCheck(partitions)
+}
+
+// load is producers writing continuously through every gateway of a
+// cluster, recording their history.
+type load struct {
+	t             *testing.T
+	ctx           context.Context
+	c             *cluster
+	topic         string
+	h             *checker.History
+	acked, failed atomic.Int64
+	stop          chan struct{}
+	wg            sync.WaitGroup
+	clients       []*client.Client
+}
+
+// startLoad starts two producers per gateway writing keyed records to
+// topic until stopAndCheck.
+func startLoad(t *testing.T, ctx context.Context, c *cluster, topic string, opts ...client.ProducerOption) *load {
+	l := &load{t: t, ctx: ctx, c: c, topic: topic, h: checker.NewHistory(), stop: make(chan struct{})}
+	opts = append([]client.ProducerOption{client.MaxBufferedBytes(256 << 10), client.MaxRetryDuration(time.Minute)}, opts...)
+	for g, gw := range c.gateways {
+		sdk, err := client.New(gw.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.clients = append(l.clients, sdk)
+		for k := range 2 {
+			id := g*2 + k
+			prod, err := sdk.NewProducer(topic, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			l.wg.Add(1)
+			go func() {
+				defer l.wg.Done()
+				defer prod.Close()
+				for seq := 0; ; seq++ {
+					select {
+					case <-l.stop:
+						if err := prod.Flush(ctx); err != nil {
+							t.Errorf("flush: %v", err)
+						}
+						return
+					default:
+					}
+					v := fmt.Sprintf("p%d-%07d", id, seq)
+					prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
+						if r.Err != nil {
+							l.h.Failed(v)
+							if l.failed.Add(1) <= 3 {
+								t.Logf("produce failed (outcome unknown): %v", r.Err)
+							}
+							return
+						}
+						l.acked.Add(1)
+						l.h.Acked(checker.Ack{Producer: id, Seq: seq, Value: v, Partition: r.Partition, Offset: r.Offset})
+					})
+				}
+			}()
+		}
 	}
-	defer sdk.Close()
-	reads := readAll(t, ctx, sdk, "f", partitions)
-	res := h.Check(reads)
-	t.Logf("acked %d, failed (outcome unknown) %d of which %d were written, read %d", res.Acked, res.Failed, res.FailedPresent, res.Read)
+	l.waitAcks(2000)
+	return l
+}
+
+// waitAcks blocks until n more records are acknowledged.
+func (l *load) waitAcks(n int64) {
+	target := l.acked.Load() + n
+	for l.acked.Load() < target {
+		if l.ctx.Err() != nil {
+			l.t.Fatalf("producers made no progress (acked %d, failed %d)", l.acked.Load(), l.failed.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// stopAndCheck stops the producers, reads the topic back and checks the
+// history.
+func (l *load) stopAndCheck(partitions int32) checker.Result {
+	close(l.stop)
+	l.wg.Wait()
+	for _, c := range l.clients {
+		defer c.Close()
+	}
+	reads := readAll(l.t, l.ctx, l.clients[len(l.clients)-1], l.topic, partitions)
+	res := l.h.Check(reads)
+	l.t.Logf("acked %d, failed (outcome unknown) %d of which %d were written, read %d", res.Acked, res.Failed, res.FailedPresent, res.Read)
 	if err := res.Err(); err != nil {
-		t.Fatal(err)
+		l.t.Fatal(err)
+	}
+	return res
+}
+
+// heldBy lists the partitions of topic whose lease the agent at addr holds.
+func heldBy(t *testing.T, cl clients, topic string, addr string) []int32 {
+	var out []int32
+	for _, p := range describe(t, cl, topic).Partitions {
+		if p.LeaderAddress == addr {
+			out = append(out, p.Partition)
+		}
+	}
+	return out
+}
+
+// waitMoved polls until none of parts is held by the agent at addr and
+// every one has a holder, and returns how long that took.
+func waitMoved(t *testing.T, cl clients, topic, addr string, parts []int32, limit time.Duration) time.Duration {
+	start := time.Now()
+	for {
+		d := describe(t, cl, topic)
+		moved := true
+		for _, p := range parts {
+			if a := d.Partitions[p].LeaderAddress; a == "" || a == addr {
+				moved = false
+			}
+		}
+		if moved {
+			return time.Since(start)
+		}
+		if time.Since(start) > limit {
+			t.Fatalf("partitions %v of %s not moved off %s within %v", parts, topic, addr, limit)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
