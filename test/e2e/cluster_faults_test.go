@@ -136,3 +136,38 @@ func tailString(s string, n int) string {
 	}
 	return s
 }
+
+// TestPartitionedAgent: an agent cut off from every controller (its links
+// black-holed) while it still reaches S3 must stop writing before its
+// leases expire, lose its partitions to others, and have whatever it tries
+// to commit afterwards fenced; the history checks.
+func TestPartitionedAgent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 8 processes; not in -short")
+	}
+	const lease = 5 * time.Second
+	c := startCluster(t, clusterOpts{lease: lease, proxyAgent0: true})
+	const partitions = 6
+	cl := newClients(t, c.gateways[0].URL)
+	createTopic(t, cl, "n", partitions, v1.Durability_DURABILITY_DURABLE)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l := startLoad(t, ctx, c, "n", client.BatchBytes(8<<10), client.RequestTimeout(5*time.Second))
+
+	cut := c.agents[0]
+	owned := heldBy(t, cl, "n", cut.Addr)
+	for _, p := range c.proxies {
+		p.Partition()
+	}
+	took := waitMoved(t, cl, "n", cut.Addr, owned, 3*lease+10*time.Second)
+	t.Logf("agent partitioned from the controllers holding %v: partitions moved after %v (lease %v)", owned, took, lease)
+	l.waitAcks(3000)
+	for _, p := range c.proxies {
+		p.Heal()
+	}
+	l.waitAcks(3000)
+	l.stopAndCheck(partitions)
+	if log := cut.Stderr(); !strings.Contains(log, "dropped partition") {
+		t.Errorf("the partitioned agent never dropped its partitions; stderr:\n%s", tailString(log, 3000))
+	}
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
 	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/netproxy"
 )
 
 // cluster is 3 controllers, 3 agents and 2 gateways as separate processes.
@@ -29,6 +30,7 @@ type cluster struct {
 	gateways    []*devproc.Proc
 	ctlAddrs    string
 	hc          *http.Client
+	proxies     []*netproxy.Proxy // agent 0 -> controllers, with proxyAgent0
 }
 
 // clusterOpts tunes startCluster.
@@ -36,6 +38,9 @@ type clusterOpts struct {
 	lease      time.Duration // default 5s
 	walHandoff time.Duration // default 60s
 	agentArgs  []string      // extra agent flags
+	// proxyAgent0 routes agent 0's traffic to the controllers through
+	// proxies the test can partition (cluster.proxies).
+	proxyAgent0 bool
 }
 
 func startCluster(t *testing.T, o clusterOpts) *cluster {
@@ -65,8 +70,18 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	}
 	c.ctlAddrs = strings.Join(addrs, ",")
 	c.waitLeader(nil)
-	for range 3 {
-		args := append([]string{"--data-dir", t.TempDir(), "--controllers", c.ctlAddrs,
+	for i := range 3 {
+		ctl := c.ctlAddrs
+		if i == 0 && o.proxyAgent0 {
+			var via []string
+			for _, p := range c.controllers {
+				px := netproxy.Start(t, p.Addr)
+				c.proxies = append(c.proxies, px)
+				via = append(via, px.Addr())
+			}
+			ctl = strings.Join(via, ",")
+		}
+		args := append([]string{"--data-dir", t.TempDir(), "--controllers", ctl,
 			"--flush-interval", "100ms", "--object-store", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket,
 			"--s3-access-key", s3.AccessKey, "--s3-secret-key", s3.SecretKey, "--s3-region", s3.Region}, o.agentArgs...)
 		c.agents = append(c.agents, devproc.StartCmd(t, bin, "agent", args...))
