@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -74,6 +75,16 @@ func (c clusterService) AddVoter(ctx context.Context, req *connect.Request[v1.Ad
 	if m.GetId() == "" || m.GetRaftAddress() == "" {
 		return nil, invalid("add-voter needs the new controller's id and raft address")
 	}
+	if !c.n.clustered() {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, errors.New("this controller is a single in-memory voter (streamhouse dev); voters can only be added to a cluster of `streamhouse controller` processes"))
+	}
+	// A voter that cannot be reached would count toward the quorum at once
+	// and could stall the cluster (a one-voter cluster would lose its leader).
+	conn, err := net.DialTimeout("tcp", m.GetRaftAddress(), 3*time.Second)
+	if err != nil {
+		return nil, connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf("cannot reach the new voter's raft address %s: %w; start it first", m.GetRaftAddress(), err))
+	}
+	conn.Close()
 	if err := c.n.raft.AddVoter(raft.ServerID(m.GetId()), raft.ServerAddress(m.GetRaftAddress()), 0, 30*time.Second).Error(); err != nil {
 		return nil, raftError("add voter", err)
 	}

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+)
+
+func newClusterStatusCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "status",
+		Short: "Show the voters, the leader, Raft's term and indexes, and the agents",
+		Long: `Show the controller cluster as the controller that answers sees it: each
+voter (the leader marked with *), Raft's term, commit and applied index, and
+each agent with the partitions it holds, the age of its last heartbeat (as
+the leader's memory has it; "-" when unknown) and whether it is draining.`,
+		Example: `  shctl cluster status
+  shctl cluster status --output json | jq .leaderId`,
+		Args: exactArgs(),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			st, err := clusterStatus(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := cmd.OutOrStdout()
+			if jsonOutput() {
+				return printProto(w, st)
+			}
+			leader := st.GetLeaderId()
+			if leader == "" {
+				leader = "(none)"
+			}
+			fmt.Fprintf(w, "answered by: %s\nleader:      %s\nterm:        %d\ncommit:      %d\napplied:     %d\n\n",
+				st.GetNodeId(), leader, st.GetTerm(), st.GetCommitIndex(), st.GetAppliedIndex())
+			t := newTable(w, "VOTER", "LEADER", "SUFFRAGE", "RAFT ADDRESS", "API ADDRESS")
+			for _, v := range st.GetVoters() {
+				mark := ""
+				if v.GetLeader() {
+					mark = "*"
+				}
+				t.row(v.GetId(), mark, v.GetSuffrage(), v.GetRaftAddress(), v.GetApiAddress())
+			}
+			if err := t.flush(); err != nil {
+				return err
+			}
+			fmt.Fprintln(w)
+			return printAgents(w, st.GetAgents())
+		},
+	}
+}
+
+// heartbeatAge formats AgentStatus.last_heartbeat_ms_ago.
+func heartbeatAge(ms int64) string {
+	if ms < 0 {
+		return "-"
+	}
+	return (time.Duration(ms) * time.Millisecond).Round(time.Millisecond).String()
+}
