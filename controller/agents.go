@@ -305,15 +305,8 @@ func (c controllerService) GetRoutes(ctx context.Context, req *connect.Request[v
 	now := c.n.cfg.Now().UnixMilli()
 	var out *v1.GetRoutesResponse
 	c.n.fsm.Read(func(s *fsm.State) {
-		t, ok := s.Topics[req.Msg.GetTopic()]
-		if !ok {
-			return
-		}
-		out = &v1.GetRoutesResponse{Topic: topicInfo(t)}
-		for i, p := range t.Partitions {
-			r := &v1.PartitionRoute{Partition: int32(i)}
-			r.AgentId, r.Address, r.Epoch = s.Leader(p, now)
-			out.Routes = append(out.Routes, r)
+		if t, ok := s.Topics[req.Msg.GetTopic()]; ok {
+			out = routesOf(s, t, now)
 		}
 	})
 	if out == nil {

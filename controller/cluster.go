@@ -206,7 +206,8 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 				pr.SetURL(target)
 				pr.Out.Header.Set(forwardedHeader, n.cfg.NodeID)
 			},
-			Transport: transport,
+			Transport:     transport,
+			FlushInterval: -1, // stream every message (RoutesService.Watch) at once
 			ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 				writeUnavailable(w, r, fmt.Sprintf("forward to leader at %s: %v", leader, err))
 			},

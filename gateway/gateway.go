@@ -17,9 +17,11 @@
 package gateway
 
 import (
+	"context"
 	"errors"
 	"log/slog"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -62,6 +64,11 @@ type Config struct {
 	// RouteTTL is how long a topic's routing metadata is cached;
 	// DefaultRouteTTL when zero. A negative value disables the cache.
 	RouteTTL time.Duration
+	// Routes, optional, is the controller's RoutesService: when set, the
+	// gateway keeps its lease table current from its Watch stream instead
+	// of asking GetRoutes when the TTL runs out (it still asks after an
+	// agent's refusal, and while the stream is down). Call Close to stop it.
+	Routes streamhousev1connect.RoutesServiceClient
 	// Logger receives Debug lines only (one or two per request, plus route
 	// refreshes); nil discards.
 	Logger *slog.Logger
@@ -74,6 +81,18 @@ type Gateway struct {
 	routes *routeCache
 	// rr picks the partition of a request's keyless records, round-robin.
 	rr atomic.Uint64
+
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+}
+
+// Close stops the routes watch, if any. The Handler keeps working (with
+// TTL-cached routes).
+func (g *Gateway) Close() {
+	if g.stop != nil {
+		g.stop()
+	}
+	g.wg.Wait()
 }
 
 // New returns a Gateway, or an error if a required Config field is missing.
@@ -94,6 +113,15 @@ func New(cfg Config) (*Gateway, error) {
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger}
 	g.routes = newRouteCache(cfg.Controller, cfg.RouteTTL)
+	if cfg.Routes != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		g.stop = cancel
+		g.wg.Add(1)
+		go func() {
+			defer g.wg.Done()
+			g.routes.watch(ctx, cfg.Routes, g.log)
+		}()
+	}
 	return g, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"sync"
 	"syscall"
@@ -22,6 +23,24 @@ type topicRoutes struct {
 	info    *v1.TopicInfo
 	byPart  []*v1.PartitionRoute // indexed by partition; nil when missing
 	fetched time.Time
+	// pushed routes came from the controller's Watch stream: they stay
+	// current while the stream is up, so they do not expire.
+	pushed bool
+}
+
+// newTopicRoutes indexes one GetRoutes answer.
+func newTopicRoutes(msg *v1.GetRoutesResponse, at time.Time) *topicRoutes {
+	rt := &topicRoutes{
+		info:    msg.GetTopic(),
+		byPart:  make([]*v1.PartitionRoute, msg.GetTopic().GetPartitions()),
+		fetched: at,
+	}
+	for _, r := range msg.GetRoutes() {
+		if p := r.GetPartition(); p >= 0 && int(p) < len(rt.byPart) {
+			rt.byPart[p] = r
+		}
+	}
+	return rt
 }
 
 func (rt *topicRoutes) route(p int32) *v1.PartitionRoute {
@@ -58,12 +77,67 @@ func newRouteCache(ctl streamhousev1connect.ControllerServiceClient, ttl time.Du
 func (c *routeCache) get(ctx context.Context, topic string) (*topicRoutes, error) {
 	c.mu.Lock()
 	rt, ok := c.topics[topic]
-	if ok && c.now().Sub(rt.fetched) < c.ttl {
+	if ok && (rt.pushed || c.now().Sub(rt.fetched) < c.ttl) {
 		c.mu.Unlock()
 		return rt, nil
 	}
 	c.mu.Unlock()
 	return c.fetch(ctx, topic)
+}
+
+// apply takes one message of the controller's Watch stream.
+func (c *routeCache) apply(msg *v1.WatchResponse) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := c.now()
+	for _, t := range msg.GetTopics() {
+		if t.GetTopic().GetPartitions() < 1 {
+			continue
+		}
+		rt := newTopicRoutes(t, now)
+		rt.pushed = true
+		c.topics[t.GetTopic().GetName()] = rt
+	}
+	for _, name := range msg.GetDeleted() {
+		delete(c.topics, name)
+	}
+}
+
+// unpush makes every pushed entry expire like a fetched one: the stream
+// broke, so they may go stale.
+func (c *routeCache) unpush() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, rt := range c.topics {
+		rt.pushed = false
+	}
+}
+
+// watch keeps the cache current from the controller's Watch stream until
+// ctx ends, reconnecting with backoff; while the stream is down, entries
+// expire after the TTL as without it.
+func (c *routeCache) watch(ctx context.Context, rs streamhousev1connect.RoutesServiceClient, log *slog.Logger) {
+	for attempt := 0; ctx.Err() == nil; attempt++ {
+		stream, err := rs.Watch(ctx, connect.NewRequest(&v1.WatchRequest{}))
+		if err == nil {
+			for stream.Receive() {
+				c.apply(stream.Msg())
+				attempt = 0
+			}
+			err = stream.Err()
+			_ = stream.Close()
+		}
+		c.unpush()
+		if ctx.Err() != nil {
+			return
+		}
+		log.Debug("routes watch stream ended; reconnecting", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(min(time.Duration(attempt+1)*100*time.Millisecond, 2*time.Second)):
+		}
+	}
 }
 
 // refresh returns routes newer than stale: ones another caller fetched after
@@ -104,16 +178,7 @@ func (c *routeCache) fetch(ctx context.Context, topic string) (*topicRoutes, err
 	if msg.GetTopic() == nil || msg.GetTopic().GetPartitions() < 1 {
 		return nil, unavailable("routing metadata for topic %q is incomplete; retry", topic)
 	}
-	rt := &topicRoutes{
-		info:    msg.GetTopic(),
-		byPart:  make([]*v1.PartitionRoute, msg.GetTopic().GetPartitions()),
-		fetched: c.now(),
-	}
-	for _, r := range msg.GetRoutes() {
-		if p := r.GetPartition(); p >= 0 && int(p) < len(rt.byPart) {
-			rt.byPart[p] = r
-		}
-	}
+	rt := newTopicRoutes(msg, c.now())
 	if c.ttl > 0 {
 		c.mu.Lock()
 		if old, ok := c.topics[topic]; !ok || !old.fetched.After(rt.fetched) {

@@ -120,6 +120,7 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	mux.Handle(streamhousev1connect.NewAdminServiceHandler(node.Admin()))
 	mux.Handle(streamhousev1connect.NewControllerServiceHandler(node.Controller()))
 	mux.Handle(streamhousev1connect.NewClusterServiceHandler(node.Cluster()))
+	mux.Handle(streamhousev1connect.NewRoutesServiceHandler(node.Routes()))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { metrics.WritePrometheus(w, true) })
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

@@ -87,12 +87,14 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 	gw, err := gateway.New(gateway.Config{
 		Admin:      streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), connect.WithGRPC()),
 		Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
+		Routes:     streamhousev1connect.NewRoutesServiceClient(hc, tr.URL(), connect.WithGRPC()),
 		Agents:     agents.get,
 		Logger:     log,
 	})
 	if err != nil {
 		return err
 	}
+	defer gw.Close()
 	srv := startServer(ln, gw.Handler())
 	announce("gateway", ln)
 	log.Info("gateway is serving", "listen", ln.Addr().String())

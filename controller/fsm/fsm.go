@@ -28,12 +28,26 @@ var (
 // goroutine; Read may be called from any goroutine. mu guards state: Apply and
 // Restore hold it for writing, Read and Snapshot for reading.
 type FSM struct {
-	mu    sync.RWMutex
-	state *State
+	mu      sync.RWMutex
+	state   *State
+	changed chan struct{} // closed and replaced after every Apply and Restore
 }
 
 // New returns an FSM with empty state.
-func New() *FSM { return &FSM{state: newState()} }
+func New() *FSM { return &FSM{state: newState(), changed: make(chan struct{})} }
+
+// Changed returns a channel that is closed at the next change of the state.
+func (f *FSM) Changed() <-chan struct{} {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.changed
+}
+
+// notifyLocked wakes Changed waiters; f.mu is held for writing.
+func (f *FSM) notifyLocked() {
+	close(f.changed)
+	f.changed = make(chan struct{})
+}
 
 // Read calls fn with the state under a read lock. fn must not keep references
 // to the state or modify it.
@@ -55,6 +69,7 @@ func (f *FSM) Apply(l *raft.Log) any {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.state.Index = l.Index
+	defer f.notifyLocked()
 	return f.state.apply(MessageType(l.Data[0]), l.Data[1:], l.Index)
 }
 
@@ -268,6 +283,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	f.mu.Lock()
 	f.state = s
+	f.notifyLocked()
 	f.mu.Unlock()
 	return nil
 }
