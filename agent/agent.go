@@ -36,6 +36,7 @@ import (
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/objstore"
+	"github.com/streamhouse/streamhouse/pkg/objstore/guard"
 )
 
 // Config configures an agent. Zero values take the defaults noted.
@@ -71,6 +72,17 @@ type Config struct {
 	CacheBytes int64
 	// NoSync skips WAL fsyncs (tests only).
 	NoSync bool
+	// Guard protects the object store: per-operation rate limits, retries
+	// with backoff, a circuit breaker and an adaptive PUT rate. Zero fields
+	// take guard's defaults.
+	Guard guard.Config
+	// WALBudget is the disk the WAL may use for data not yet uploaded.
+	// Past HighWatermark of it the agent refuses writes with
+	// ResourceExhausted (HTTP 429) until it is back under LowWatermark.
+	// Default 1 GiB, 0.8 and 0.6.
+	WALBudget     int64
+	HighWatermark float64
+	LowWatermark  float64
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -105,6 +117,18 @@ func (c *Config) setDefaults() error {
 	if c.CacheBytes == 0 {
 		c.CacheBytes = 64 << 20
 	}
+	if c.WALBudget == 0 {
+		c.WALBudget = 1 << 30
+	}
+	if c.HighWatermark == 0 {
+		c.HighWatermark = 0.8
+	}
+	if c.LowWatermark == 0 {
+		c.LowWatermark = 0.6
+	}
+	if c.WALBudget < 0 || c.LowWatermark <= 0 || c.HighWatermark > 1 || c.LowWatermark >= c.HighWatermark {
+		return fmt.Errorf("agent: WAL budget %d with watermarks %.2f/%.2f: need a positive budget and 0 < low < high <= 1", c.WALBudget, c.LowWatermark, c.HighWatermark)
+	}
 	if c.FlushInterval < 0 || c.FlushBytes < 0 || c.HeartbeatInterval < 0 || c.LeaseSafetyMargin < 0 || c.CacheBytes < 0 {
 		return errors.New("agent: intervals and sizes must not be negative")
 	}
@@ -131,6 +155,10 @@ type Agent struct {
 	parts map[partKey]*partition
 
 	unuploaded atomic.Int64 // bytes appended and not yet uploaded (a flush trigger, approximate)
+	guard      *guard.Store
+	// backpressure is set while the WAL's uncommitted bytes are past the
+	// high watermark (cleared below the low one): writes get 429.
+	backpressure atomic.Bool
 
 	hbMu     sync.Mutex // serialises heartbeats
 	lastHB   time.Time  // when the last successful heartbeat was sent
@@ -180,13 +208,16 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 		cfg.ID = id
 	}
 	log := cfg.Logger.With("component", "agent", "agent_id", cfg.ID)
-	cfg.Store = objstore.Metered(cfg.Store, "streamhouse_agent")
+	// Metered inside the guard: the counters see every real request,
+	// retries included (what the S3 bill counts).
+	g := guard.New(objstore.Metered(cfg.Store, "streamhouse_agent"), cfg.Guard, nil)
+	cfg.Store = g
 	w, err := wal.Open(wal.Options{Dir: filepath.Join(cfg.DataDir, "wal"), NoSync: cfg.NoSync, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("agent: open WAL: %w", err)
 	}
 	a := &Agent{
-		cfg: cfg, log: log, wal: w, incarnation: randomHex(8),
+		cfg: cfg, log: log, wal: w, incarnation: randomHex(8), guard: g,
 		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
 		flushNow: make(chan struct{}, 1), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
 	}
@@ -199,9 +230,10 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 		_ = w.Close()
 		return nil, fmt.Errorf("agent: first heartbeat: %w", err)
 	}
-	a.wg.Add(2)
+	a.wg.Add(3)
 	go a.heartbeatLoop()
 	go a.uploadLoop()
+	go a.backpressureLoop()
 	log.Info("agent started", "incarnation", a.incarnation, "partitions", len(a.parts))
 	return a, nil
 }

@@ -11,4 +11,5 @@ var (
 	flushBytes      = metrics.NewHistogram("streamhouse_agent_flush_size_bytes")
 	flushDuration   = metrics.NewHistogram("streamhouse_agent_flush_duration_seconds")
 	flushPartitions = metrics.NewHistogram("streamhouse_agent_flush_partitions")
+	shedTotal       = metrics.NewCounter("streamhouse_agent_writes_refused_total")
 )

@@ -86,6 +86,9 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	default:
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown acks %d; use ACKS_DURABLE or ACKS_WAL", acks))
 	}
+	if err := a.shed(acks); err != nil {
+		return nil, err
+	}
 
 	// Close waits for appends between here and the end of their WAL wait
 	// (closeMu), so none reaches the WAL after the final flush started or

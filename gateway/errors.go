@@ -38,6 +38,10 @@ func upstream(err error) error {
 		if rpcerr.IsNotApplied(ce) {
 			out.Meta().Set(rpcerr.NotAppliedKey, "true")
 		}
+		// Backpressure (ResourceExhausted: HTTP 429) says when to retry.
+		if ra := ce.Meta().Get("Retry-After"); ra != "" {
+			out.Meta().Set("Retry-After", ra)
+		}
 		return out
 	}
 	switch {

@@ -106,6 +106,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 			Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
 			Store:      store, KeyRoot: cfg.Store.KeyRoot, PrefixCount: cfg.Store.PrefixCount,
 			FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes, Logger: log,
+			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget,
 		})
 		if err == nil {
 			break

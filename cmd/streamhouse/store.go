@@ -4,11 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
+	"strings"
 
 	"github.com/spf13/pflag"
 
 	"github.com/streamhouse/streamhouse/pkg/objstore"
+	"github.com/streamhouse/streamhouse/pkg/objstore/faultproxy"
+	"github.com/streamhouse/streamhouse/pkg/objstore/guard"
 )
 
 // storeConfig selects and configures the object store.
@@ -18,6 +22,22 @@ type storeConfig struct {
 	KeyRoot     string
 	PrefixCount int
 	S3          objstore.S3Config
+	FaultProxy  bool
+	PutRate     float64
+	GetRate     float64
+	WALBudget   int64
+}
+
+// guardConfig is the object-store protection the flags ask for.
+func (c *storeConfig) guardConfig() guard.Config {
+	g := guard.Config{}
+	if c.PutRate > 0 {
+		g.Put = guard.Limit{Rate: c.PutRate, Burst: max(int(c.PutRate/10), 1)}
+	}
+	if c.GetRate > 0 {
+		g.Get = guard.Limit{Rate: c.GetRate, Burst: max(int(c.GetRate/10), 1)}
+	}
+	return g
 }
 
 func (c *storeConfig) addFlags(f *pflag.FlagSet) {
@@ -32,9 +52,19 @@ func (c *storeConfig) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.S3.SecretKey, "s3-secret-key", "", "S3 secret key (default $AWS_SECRET_ACCESS_KEY); prefer the environment to the command line")
 	f.BoolVar(&c.S3.UseTLS, "s3-tls", true, "use HTTPS for S3 when the endpoint has no scheme")
 	f.BoolVar(&c.S3.CreateBucket, "s3-create-bucket", false, "create the bucket if it does not exist")
+	f.BoolVar(&c.FaultProxy, "s3-fault-proxy", false, "for drills: put a fault-injecting proxy in front of the S3 endpoint and print its control URL (POST {\"slowdown\":1,\"duration\":\"60s\"} to <url>/_fault)")
+	f.Float64Var(&c.PutRate, "s3-put-rate", 3000, "object PUTs per second this agent may send at most (S3 allows about 3,500 per prefix)")
+	f.Float64Var(&c.GetRate, "s3-get-rate", 5000, "object GETs per second this agent may send at most")
+	f.Int64Var(&c.WALBudget, "wal-budget", 1<<30, "bytes of not-yet-uploaded data the WAL may hold; past 80% writes get 429 until it is back under 60%")
 }
 
 func (c *storeConfig) validate() error {
+	if c.PutRate <= 0 || c.GetRate <= 0 || c.WALBudget < 1<<20 {
+		return fmt.Errorf("--s3-put-rate and --s3-get-rate must be positive and --wal-budget at least 1 MiB")
+	}
+	if c.FaultProxy && c.Kind != "s3" {
+		return errors.New("--s3-fault-proxy needs --object-store s3")
+	}
 	if c.PrefixCount < 1 || c.PrefixCount > 65536 {
 		return fmt.Errorf("--prefix-count %d must be between 1 and 65536", c.PrefixCount)
 	}
@@ -64,11 +94,32 @@ func (c *storeConfig) validate() error {
 // open returns the store and a function that releases it.
 func (c *storeConfig) open(ctx context.Context, defaultDir string) (objstore.Store, func(), error) {
 	if c.Kind == "s3" {
-		s, err := objstore.NewS3(ctx, c.S3)
+		cfg := c.S3
+		var proxy *faultproxy.Proxy
+		if c.FaultProxy {
+			target := cfg.Endpoint
+			if !strings.Contains(target, "://") {
+				target = map[bool]string{true: "https://", false: "http://"}[cfg.UseTLS] + target
+			}
+			p, err := faultproxy.Start(target)
+			if err != nil {
+				return nil, nil, fmt.Errorf("start the S3 fault proxy: %w", err)
+			}
+			proxy = p
+			cfg.Endpoint = p.URL()
+			slog.Warn("S3 requests go through a fault-injecting proxy (--s3-fault-proxy)", "control", p.URL()+"/_fault",
+				"example", `curl -X POST `+p.URL()+`/_fault -d '{"slowdown":1,"duration":"60s"}'`)
+		}
+		s, err := objstore.NewS3(ctx, cfg)
 		if err != nil {
 			return nil, nil, err
 		}
-		return s, func() { _ = s.Close() }, nil
+		return s, func() {
+			_ = s.Close()
+			if proxy != nil {
+				_ = proxy.Close()
+			}
+		}, nil
 	}
 	dir := c.LocalDir
 	if dir == "" {
