@@ -165,7 +165,30 @@ var scratchPool = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); retu
 // Encode encodes records as one RecordBatch v2 and returns it. See
 // AppendEncode.
 func Encode(records []Record, opts EncodeOptions) ([]byte, error) {
-	return AppendEncode(nil, records, opts)
+	var dst []byte
+	if opts.Codec == CodecNone {
+		// Size the buffer once: growing it from nil while appending
+		// thousands of records copied every byte several times and was the
+		// largest cost of encoding a batch.
+		dst = make([]byte, 0, maxEncodedSize(records))
+	}
+	return AppendEncode(dst, records, opts)
+}
+
+// maxEncodedSize is an upper bound of the uncompressed encoded size of a
+// batch of records: the header plus, per record, its bytes and the largest
+// varints of its length, attributes, deltas and field lengths.
+func maxEncodedSize(records []Record) int {
+	const perRecord = 5 + 1 + 10 + 5 + 5 + 5 + 5 // length, attributes, timestamp delta, offset delta, key and value lengths, header count
+	n := HeaderSize
+	for i := range records {
+		r := &records[i]
+		n += perRecord + len(r.Key) + len(r.Value)
+		for _, h := range r.Headers {
+			n += 10 + len(h.Key) + len(h.Value)
+		}
+	}
+	return n
 }
 
 // AppendEncode appends one RecordBatch v2 holding records to dst and returns

@@ -573,3 +573,41 @@ func TestConcurrentCodecs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestEncodeSizesBufferOnce checks that Encode's size bound holds for
+// records with and without keys and headers, so the buffer is allocated once,
+// and that its bytes are AppendEncode's.
+func TestEncodeSizesBufferOnce(t *testing.T) {
+	cases := map[string][]Record{
+		"values":  {{Value: make([]byte, 100)}, {Value: nil}, {Value: make([]byte, 1<<16)}},
+		"keys":    {{Key: []byte("k"), Value: make([]byte, 300)}, {Key: make([]byte, 200)}},
+		"headers": {{Value: []byte("v"), Headers: []Header{{Key: "a", Value: make([]byte, 1000)}, {Key: "", Value: nil}}}},
+		"timestamps": {{Timestamp: 1, Value: []byte("x")}, {Timestamp: 1 << 60, Value: []byte("y")},
+			{Timestamp: -1 << 60, Value: []byte("z")}},
+	}
+	for name, recs := range cases {
+		t.Run(name, func(t *testing.T) {
+			got, err := Encode(recs, EncodeOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bound := maxEncodedSize(recs); len(got) > bound || cap(got) != bound {
+				t.Errorf("encoded %d bytes into cap %d; bound %d", len(got), cap(got), bound)
+			}
+			want, err := AppendEncode(nil, recs, EncodeOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, want) {
+				t.Error("Encode and AppendEncode(nil) differ")
+			}
+		})
+	}
+	recs := make([]Record, 1000)
+	for i := range recs {
+		recs[i] = Record{Timestamp: int64(i), Value: make([]byte, 100)}
+	}
+	if n := testing.AllocsPerRun(20, func() { _, _ = Encode(recs, EncodeOptions{}) }); n > 1 {
+		t.Errorf("Encode of 1000 records: %.0f allocations, want 1", n)
+	}
+}

@@ -70,3 +70,16 @@ func BenchmarkCheck(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkEncodeNew is Encode into a new buffer each time, as the SDK's
+// producer does for every batch it sends.
+func BenchmarkEncodeNew(b *testing.B) {
+	recs := benchRecords()
+	b.SetBytes(100 * int64(len(recs)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Encode(recs, EncodeOptions{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
