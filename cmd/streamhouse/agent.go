@@ -61,7 +61,7 @@ once.`,
 	f.StringVar(&cfg.Zone, "zone", "", "availability zone of this agent")
 	f.StringVar(&cfg.Controllers, "controllers", "127.0.0.1:7001", "controller API addresses: host:port,...")
 	f.DurationVar(&cfg.FlushInterval, "flush-interval", 250*time.Millisecond, "longest time new records wait before they are uploaded")
-	f.IntVar(&cfg.FlushBytes, "flush-bytes", 8<<20, "upload early once this many bytes wait; also caps one object's size")
+	f.IntVar(&cfg.FlushBytes, "flush-bytes", 16<<20, "upload early once this many bytes wait; also caps one object's size")
 	cfg.Store.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
@@ -106,7 +106,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 			Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
 			Store:      store, KeyRoot: cfg.Store.KeyRoot, PrefixCount: cfg.Store.PrefixCount,
 			FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes, Logger: log,
-			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget,
+			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
 		})
 		if err == nil {
 			break

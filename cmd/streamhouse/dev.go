@@ -83,7 +83,7 @@ shuts down cleanly: the agent uploads and commits what its WAL holds first.`,
 	f.StringVar(&cfg.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&cfg.LogFormat, "log-format", "text", "log format: text or json")
 	f.DurationVar(&cfg.FlushInterval, "flush-interval", 250*time.Millisecond, "longest time new records wait before they are uploaded")
-	f.IntVar(&cfg.FlushBytes, "flush-bytes", 8<<20, "upload early once this many bytes wait; also caps one object's size")
+	f.IntVar(&cfg.FlushBytes, "flush-bytes", 16<<20, "upload early once this many bytes wait; also caps one object's size")
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a clean shutdown may take to upload what the WAL holds")
 	cfg.Store.addFlags(f)

@@ -26,6 +26,7 @@ type storeConfig struct {
 	PutRate     float64
 	GetRate     float64
 	WALBudget   int64
+	NoGuard     bool
 }
 
 // guardConfig is the object-store protection the flags ask for.
@@ -55,6 +56,7 @@ func (c *storeConfig) addFlags(f *pflag.FlagSet) {
 	f.BoolVar(&c.FaultProxy, "s3-fault-proxy", false, "for drills: put a fault-injecting proxy in front of the S3 endpoint and print its control URL (POST {\"slowdown\":1,\"duration\":\"60s\"} to <url>/_fault)")
 	f.Float64Var(&c.PutRate, "s3-put-rate", 3000, "object PUTs per second this agent may send at most (S3 allows about 3,500 per prefix)")
 	f.Float64Var(&c.GetRate, "s3-get-rate", 5000, "object GETs per second this agent may send at most")
+	f.BoolVar(&c.NoGuard, "s3-no-guard", false, "talk to the object store without rate limits, retries and circuit breaker (to measure what they cost; not for production)")
 	f.Int64Var(&c.WALBudget, "wal-budget", 1<<30, "bytes of not-yet-uploaded data the WAL may hold; past 80% writes get 429 until it is back under 60%")
 }
 
