@@ -67,6 +67,9 @@ func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.Stat
 		n.mu.Unlock()
 	})
 	sort.Slice(out.Agents, func(i, j int) bool { return out.Agents[i].Id < out.Agents[j].Id })
+	if n.cfg.Gateways != nil {
+		out.Gateways = n.cfg.Gateways()
+	}
 	return connect.NewResponse(out), nil
 }
 

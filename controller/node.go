@@ -59,6 +59,9 @@ type Config struct {
 	// given the same list). Empty with RaftAddress set: the node waits to
 	// be added by AddVoter (join).
 	InitialCluster []Peer
+	// Gateways, when set, lists the gateways' API addresses (from gossip)
+	// for ClusterService.Status.
+	Gateways func() []string
 	// RaftListener, when set, is used for Raft instead of binding
 	// RaftAddress (tests bind port 0 first to learn the address).
 	RaftListener net.Listener

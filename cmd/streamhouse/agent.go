@@ -15,6 +15,7 @@ import (
 	"github.com/streamhouse/streamhouse/agent"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/failover"
+	"github.com/streamhouse/streamhouse/pkg/membership"
 )
 
 type agentConfig struct {
@@ -24,6 +25,7 @@ type agentConfig struct {
 	Advertise     string
 	Zone          string
 	Controllers   string
+	Gossip        gossipConfig
 	FlushInterval time.Duration
 	FlushBytes    int
 	Store         storeConfig
@@ -45,8 +47,8 @@ once.`,
     --controllers c1:7001,c2:7001,c3:7001 --object-store s3 --s3-endpoint ... --s3-bucket ...`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(splitList(cfg.Controllers)) == 0 {
-				return usageError{errors.New("--controllers is required: the API addresses of the controllers")}
+			if len(splitList(cfg.Controllers)) == 0 && cfg.Gossip.Seeds == "" {
+				return usageError{errors.New("give --controllers (the controllers' API addresses) or --seeds (to find them through gossip)")}
 			}
 			if err := cfg.Store.validate(); err != nil {
 				return usageError{err}
@@ -59,7 +61,8 @@ once.`,
 	f.StringVar(&cfg.Listen, "listen", ":7101", "agent API address")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address gateways use to reach this agent (default the listen address, wildcard host replaced by the hostname)")
 	f.StringVar(&cfg.Zone, "zone", "", "availability zone of this agent")
-	f.StringVar(&cfg.Controllers, "controllers", "127.0.0.1:7001", "controller API addresses: host:port,...")
+	f.StringVar(&cfg.Controllers, "controllers", "", "controller API addresses: host:port,... (or find them through gossip with --seeds)")
+	cfg.Gossip.addFlags(f)
 	f.DurationVar(&cfg.FlushInterval, "flush-interval", 250*time.Millisecond, "longest time new records wait before they are uploaded")
 	f.IntVar(&cfg.FlushBytes, "flush-bytes", 16<<20, "upload early once this many bytes wait; also caps one object's size")
 	cfg.Store.addFlags(f)
@@ -88,11 +91,24 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 		return err
 	}
 	defer ln.Close()
-	tr, hc, err := controllerClients(splitList(cfg.Controllers))
+	gossip, err := cfg.Gossip.start(ctx, membership.Member{Name: "agent@" + advertise, Role: membership.RoleAgent, APIAddress: advertise, Zone: cfg.Zone}, log)
+	if err != nil {
+		return err
+	}
+	if gossip != nil {
+		defer gossip.Close()
+	}
+	static := splitList(cfg.Controllers)
+	addrs, err := controllerAddrs(ctx, static, gossip)
+	if err != nil {
+		return err
+	}
+	tr, hc, err := controllerClients(addrs)
 	if err != nil {
 		return usageError{err}
 	}
 	defer tr.CloseIdleConnections()
+	followControllers(ctx, gossip, tr, static)
 	store, closeStore, err := cfg.Store.open(ctx, filepath.Join(cfg.DataDir, "objects"))
 	if err != nil {
 		return fmt.Errorf("open object store: %w", err)

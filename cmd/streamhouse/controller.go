@@ -17,6 +17,7 @@ import (
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/controller"
 	"github.com/streamhouse/streamhouse/pkg/failover"
+	"github.com/streamhouse/streamhouse/pkg/membership"
 )
 
 type controllerConfig struct {
@@ -31,6 +32,7 @@ type controllerConfig struct {
 	Join           string
 	LeaseDuration  time.Duration
 	WALHandoff     time.Duration
+	Gossip         gossipConfig
 }
 
 func (c *controllerConfig) peers() ([]controller.Peer, error) {
@@ -86,6 +88,7 @@ forwarded to the leader.`,
 	f.StringVar(&cfg.Join, "join", "", "API addresses of an existing cluster's controllers to join: host:port,...")
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.WALHandoff, "wal-handoff-timeout", 60*time.Second, "how long a wal topic's partition waits for a vanished agent to come back before it moves (losing that agent's un-uploaded tail)")
+	cfg.Gossip.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
@@ -106,7 +109,20 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	if err != nil {
 		return err
 	}
+	gossip, err := cfg.Gossip.start(ctx, membership.Member{Name: cfg.NodeID, Role: membership.RoleController, APIAddress: advertise}, log)
+	if err != nil {
+		raftLn.Close()
+		return err
+	}
+	if gossip != nil {
+		defer gossip.Close()
+	}
+	var gateways func() []string
+	if gossip != nil {
+		gateways = func() []string { return gossip.Addresses(membership.RoleGateway) }
+	}
 	node, err := controller.Open(ctx, controller.Config{
+		Gateways: gateways,
 		NodeID: cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
 		RaftListener: raftLn, RaftAdvertise: raftAdvertise, APIAddress: advertise, InitialCluster: peers,
 	})

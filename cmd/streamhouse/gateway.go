@@ -11,12 +11,15 @@ import (
 
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/gateway"
+	"github.com/streamhouse/streamhouse/pkg/membership"
 )
 
 type gatewayConfig struct {
 	commonConfig
 	Listen      string
+	Advertise   string
 	Controllers string
+	Gossip      gossipConfig
 }
 
 func newGatewayCommand() *cobra.Command {
@@ -30,15 +33,17 @@ to the agent holding each partition's lease. Run as many as you like.`,
 		Example: `  streamhouse gateway --listen :8080 --controllers c1:7001,c2:7001,c3:7001`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(splitList(cfg.Controllers)) == 0 {
-				return usageError{errors.New("--controllers is required: the API addresses of the controllers")}
+			if len(splitList(cfg.Controllers)) == 0 && cfg.Gossip.Seeds == "" {
+				return usageError{errors.New("give --controllers (the controllers' API addresses) or --seeds (to find them through gossip)")}
 			}
 			return runGateway(cmd.Context(), cfg)
 		},
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", ":8080", "public API address (Connect, gRPC, gRPC-web, /metrics)")
-	f.StringVar(&cfg.Controllers, "controllers", "127.0.0.1:7001", "controller API addresses: host:port,...")
+	f.StringVar(&cfg.Advertise, "advertise", "", "address clients use to reach this gateway, announced through gossip (default the listen address, wildcard host replaced by the hostname)")
+	f.StringVar(&cfg.Controllers, "controllers", "", "controller API addresses: host:port,... (or find them through gossip with --seeds)")
+	cfg.Gossip.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
@@ -68,16 +73,29 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 	if err != nil {
 		return err
 	}
-	ln, _, err := listen(cfg.Listen, "")
+	ln, advertise, err := listen(cfg.Listen, cfg.Advertise)
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	tr, hc, err := controllerClients(splitList(cfg.Controllers))
+	gossip, err := cfg.Gossip.start(ctx, membership.Member{Name: "gateway@" + advertise, Role: membership.RoleGateway, APIAddress: advertise}, log)
+	if err != nil {
+		return err
+	}
+	if gossip != nil {
+		defer gossip.Close()
+	}
+	static := splitList(cfg.Controllers)
+	addrs, err := controllerAddrs(ctx, static, gossip)
+	if err != nil {
+		return err
+	}
+	tr, hc, err := controllerClients(addrs)
 	if err != nil {
 		return usageError{err}
 	}
 	defer tr.CloseIdleConnections()
+	followControllers(ctx, gossip, tr, static)
 	agentTransport := &http.Transport{}
 	agentTransport.Protocols = new(http.Protocols)
 	agentTransport.Protocols.SetUnencryptedHTTP2(true)

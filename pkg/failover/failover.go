@@ -23,6 +23,24 @@ type Transport struct {
 	current int
 }
 
+// SetAddrs replaces the servers (e.g. as gossip discovers them); an empty
+// list is ignored. The current server is kept when it is still listed.
+func (t *Transport) SetAddrs(addrs []string) {
+	if len(addrs) == 0 {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	cur := t.addrs[t.current%len(t.addrs)]
+	t.addrs = append([]string(nil), addrs...)
+	t.current = 0
+	for i, a := range t.addrs {
+		if a == cur {
+			t.current = i
+		}
+	}
+}
+
 // New returns a Transport over addrs (at least one). A nil base uses an
 // h2c-capable transport (HTTP/2 without TLS, as Connect servers here speak).
 func New(addrs []string, base http.RoundTripper) (*Transport, error) {
@@ -40,20 +58,24 @@ func New(addrs []string, base http.RoundTripper) (*Transport, error) {
 
 // URL is the base URL to give Connect clients; its host is replaced per
 // request.
-func (t *Transport) URL() string { return "http://" + t.addrs[0] }
+func (t *Transport) URL() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return "http://" + t.addrs[0]
+}
 
 // RoundTrip sends r to the current server, trying the others in turn while
 // connections are refused.
 func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 	t.mu.Lock()
-	start := t.current
+	start, addrs := t.current, t.addrs
 	t.mu.Unlock()
 	var errs []error
-	for i := range t.addrs {
-		idx := (start + i) % len(t.addrs)
+	for i := range addrs {
+		idx := (start + i) % len(addrs)
 		req := r.Clone(r.Context())
-		req.URL.Host = t.addrs[idx]
-		req.Host = t.addrs[idx]
+		req.URL.Host = addrs[idx]
+		req.Host = addrs[idx]
 		if i > 0 && r.GetBody != nil {
 			body, err := r.GetBody()
 			if err != nil {
@@ -66,14 +88,16 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 		resp, err := t.base.RoundTrip(req)
 		if err == nil {
 			t.mu.Lock()
-			t.current = idx
+			if len(t.addrs) == len(addrs) {
+				t.current = idx
+			}
 			t.mu.Unlock()
 			return resp, nil
 		}
 		if !neverSent(err) {
 			return nil, err
 		}
-		errs = append(errs, fmt.Errorf("%s: %w", t.addrs[idx], err))
+		errs = append(errs, fmt.Errorf("%s: %w", addrs[idx], err))
 	}
 	return nil, fmt.Errorf("no server reachable: %w", errors.Join(errs...))
 }

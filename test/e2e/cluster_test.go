@@ -53,13 +53,16 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	s3 := s3test.Start(t)
 	c := &cluster{t: t, hc: &http.Client{Transport: &http.Transport{}}}
 	t.Cleanup(c.hc.CloseIdleConnections)
-	var raft, initial []string
+	var raft, initial, gossip []string
 	for i := range 3 {
 		raft = append(raft, devproc.FreeAddr(t))
+		gossip = append(gossip, devproc.FreeAddr(t))
 		initial = append(initial, fmt.Sprintf("c%d=%s", i+1, raft[i]))
 	}
+	seeds := strings.Join(gossip, ",")
 	for i := range 3 {
 		c.controllers = append(c.controllers, devproc.StartCmd(t, bin, "controller",
+			"--gossip-listen", gossip[i], "--seeds", seeds,
 			"--node-id", fmt.Sprintf("c%d", i+1), "--data-dir", t.TempDir(), "--raft-listen", raft[i],
 			"--initial-cluster", strings.Join(initial, ","), "--lease-duration", o.lease.String(),
 			"--wal-handoff-timeout", o.walHandoff.String()))
@@ -71,7 +74,10 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 	c.ctlAddrs = strings.Join(addrs, ",")
 	c.waitLeader(nil)
 	for i := range 3 {
-		ctl := c.ctlAddrs
+		// Agents and gateways find the controllers through gossip alone;
+		// agent 0 behind proxies is told them and gossips nothing (gossip
+		// would hand it the controllers' real addresses, around the proxies).
+		ctl := []string{"--seeds", seeds, "--gossip-listen", "127.0.0.1:0"}
 		if i == 0 && o.proxyAgent0 {
 			var via []string
 			for _, p := range c.controllers {
@@ -79,15 +85,28 @@ func startCluster(t *testing.T, o clusterOpts) *cluster {
 				c.proxies = append(c.proxies, px)
 				via = append(via, px.Addr())
 			}
-			ctl = strings.Join(via, ",")
+			ctl = []string{"--controllers", strings.Join(via, ","), "--gossip-listen", "off"}
 		}
-		args := append([]string{"--data-dir", t.TempDir(), "--controllers", ctl,
-			"--flush-interval", "100ms", "--object-store", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket,
-			"--s3-access-key", s3.AccessKey, "--s3-secret-key", s3.SecretKey, "--s3-region", s3.Region}, o.agentArgs...)
+		args := append([]string{"--data-dir", t.TempDir()}, ctl...)
+		args = append(args, "--flush-interval", "100ms", "--object-store", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket,
+			"--s3-access-key", s3.AccessKey, "--s3-secret-key", s3.SecretKey, "--s3-region", s3.Region)
+		args = append(args, o.agentArgs...)
 		c.agents = append(c.agents, devproc.StartCmd(t, bin, "agent", args...))
 	}
 	for range 2 {
-		c.gateways = append(c.gateways, devproc.StartCmd(t, bin, "gateway", "--controllers", c.ctlAddrs))
+		c.gateways = append(c.gateways, devproc.StartCmd(t, bin, "gateway", "--seeds", seeds, "--gossip-listen", "127.0.0.1:0"))
+	}
+	// Every gateway announced itself through gossip.
+	for start := time.Now(); ; {
+		leader, _ := c.waitLeader(nil)
+		st, err := streamhousev1connect.NewClusterServiceClient(c.hc, leader.URL).Status(context.Background(), connect.NewRequest(&v1.StatusRequest{}))
+		if err == nil && len(st.Msg.Gateways) == len(c.gateways) {
+			break
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("controllers do not see the gateways through gossip: %v %v", st, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	return c
 }

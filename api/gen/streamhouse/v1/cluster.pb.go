@@ -417,7 +417,9 @@ type StatusResponse struct {
 	AppliedIndex uint64                 `protobuf:"varint,5,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
 	Agents       []*AgentStatus         `protobuf:"bytes,6,rep,name=agents,proto3" json:"agents,omitempty"`
 	// The controller that answered.
-	NodeId        string `protobuf:"bytes,7,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	NodeId string `protobuf:"bytes,7,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// API addresses of the gateways gossip knows (empty without gossip).
+	Gateways      []string `protobuf:"bytes,8,rep,name=gateways,proto3" json:"gateways,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -499,6 +501,13 @@ func (x *StatusResponse) GetNodeId() string {
 		return x.NodeId
 	}
 	return ""
+}
+
+func (x *StatusResponse) GetGateways() []string {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
 }
 
 type AddVoterRequest struct {
@@ -707,7 +716,7 @@ const file_streamhouse_v1_cluster_proto_rawDesc = "" +
 	"partitions\x18\x04 \x01(\x05R\n" +
 	"partitions\x121\n" +
 	"\x15last_heartbeat_ms_ago\x18\x05 \x01(\x03R\x12lastHeartbeatMsAgo\x12\x1a\n" +
-	"\bdraining\x18\x06 \x01(\bR\bdraining\"\x86\x02\n" +
+	"\bdraining\x18\x06 \x01(\bR\bdraining\"\xa2\x02\n" +
 	"\x0eStatusResponse\x12-\n" +
 	"\x06voters\x18\x01 \x03(\v2\x15.streamhouse.v1.VoterR\x06voters\x12\x1b\n" +
 	"\tleader_id\x18\x02 \x01(\tR\bleaderId\x12\x12\n" +
@@ -715,7 +724,8 @@ const file_streamhouse_v1_cluster_proto_rawDesc = "" +
 	"\fcommit_index\x18\x04 \x01(\x04R\vcommitIndex\x12#\n" +
 	"\rapplied_index\x18\x05 \x01(\x04R\fappliedIndex\x123\n" +
 	"\x06agents\x18\x06 \x03(\v2\x1b.streamhouse.v1.AgentStatusR\x06agents\x12\x17\n" +
-	"\anode_id\x18\a \x01(\tR\x06nodeId\"e\n" +
+	"\anode_id\x18\a \x01(\tR\x06nodeId\x12\x1a\n" +
+	"\bgateways\x18\b \x03(\tR\bgateways\"e\n" +
 	"\x0fAddVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fraft_address\x18\x02 \x01(\tR\vraftAddress\x12\x1f\n" +
