@@ -123,7 +123,7 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	}
 	node, err := controller.Open(ctx, controller.Config{
 		Gateways: gateways,
-		NodeID: cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
+		NodeID:   cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
 		RaftListener: raftLn, RaftAdvertise: raftAdvertise, APIAddress: advertise, InitialCluster: peers,
 	})
 	if err != nil {
