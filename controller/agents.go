@@ -162,6 +162,14 @@ func (n *Node) assignFree(ctx context.Context) error {
 	return nil
 }
 
+// zoneOf is an agent's zone ("" when it reported none).
+func zoneOf(s *fsm.State, id string) string {
+	if ag, ok := s.Agents[id]; ok {
+		return ag.Zone
+	}
+	return ""
+}
+
 // planGrants lists the partitions agent should hold after this heartbeat:
 // those it holds already (renewal, or re-grant after its restart), and free or
 // lapsed ones when it is the least loaded live agent at that moment.
@@ -212,9 +220,16 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs, walHand
 			if vanished && nowMs < p.ExpiresMs+walHandoffMs {
 				continue // wait for the old holder to come back and upload
 			}
+			// The least loaded zone first (when agents report zones), then
+			// the least loaded agent in it.
+			zoneLoad := map[string]int{}
+			for _, id := range ids {
+				zoneLoad[zoneOf(s, id)] += load[id]
+			}
 			least := ids[0]
 			for _, id := range ids[1:] {
-				if load[id] < load[least] {
+				zi, zl := zoneLoad[zoneOf(s, id)], zoneLoad[zoneOf(s, least)]
+				if zi < zl || (zi == zl && load[id] < load[least]) {
 					least = id
 				}
 			}

@@ -88,3 +88,34 @@ func TestWALHandoff(t *testing.T) {
 		t.Fatalf("unclean handoffs counted %d, want %d", uncleanHandoffs.Get(), before+1)
 	}
 }
+
+// TestSpreadByZone: free partitions go to the least loaded zone first, then
+// the least loaded agent in it.
+func TestSpreadByZone(t *testing.T) {
+	clk := &fakeClock{now: time.Unix(1_000_000, 0)}
+	n, err := Open(context.Background(), Config{DataDir: t.TempDir(), Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	ctx := context.Background()
+	hb := func(agent, zone string) int {
+		t.Helper()
+		res, err := n.Controller().Heartbeat(ctx, connect.NewRequest(&v1.HeartbeatRequest{AgentId: agent, Incarnation: "1", Address: agent, Zone: zone}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(res.Msg.Leases)
+	}
+	// Zone a has two agents, zone b one: b's agent should get half.
+	hb("a1", "a")
+	hb("a2", "a")
+	hb("b1", "b")
+	if _, err := n.Admin().CreateTopic(ctx, connect.NewRequest(&v1.CreateTopicRequest{Name: "z", Partitions: 12})); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int{"a1": hb("a1", "a"), "a2": hb("a2", "a"), "b1": hb("b1", "b")}
+	if got["b1"] != 6 || got["a1"]+got["a2"] != 6 || got["a1"] != 3 {
+		t.Fatalf("leases by agent = %v, want zone b's one agent 6 and zone a's two agents 3 each", got)
+	}
+}
