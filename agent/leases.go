@@ -92,6 +92,15 @@ func (a *Agent) heartbeat(ctx context.Context, initial bool) error {
 				a.dropLocked(k, p, fmt.Errorf("partition %s moved to epoch %d with a committed end we did not write", k, l.GetEpoch()))
 				p = nil
 			} else {
+				if p.epoch != l.GetEpoch() {
+					// Same data, new epoch: readers of the old one are not
+					// truncated anywhere below what we have assigned so far.
+					p.mu.Unlock()
+					p.appendMu.Lock() // lock order: appendMu before mu
+					p.mu.Lock()
+					p.epochStart = max(p.epochStart, p.nextOffset)
+					p.appendMu.Unlock()
+				}
 				p.epoch, p.topic, p.startOffset, p.leaseUntil = l.GetEpoch(), l.GetTopic(), l.GetStartOffset(), until
 				p.mu.Unlock()
 			}

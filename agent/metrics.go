@@ -12,4 +12,6 @@ var (
 	flushDuration   = metrics.NewHistogram("streamhouse_agent_flush_duration_seconds")
 	flushPartitions = metrics.NewHistogram("streamhouse_agent_flush_partitions")
 	shedTotal       = metrics.NewCounter("streamhouse_agent_writes_refused_total")
+
+	truncationsDetected = metrics.NewCounter("streamhouse_agent_truncations_detected_total")
 )

@@ -27,14 +27,18 @@ type partition struct {
 	committedEnd int64     // end of what the controller committed
 	uploadedEnd  int64     // end of what the uploader has handed to the store (uploader only)
 	startOffset  int64
-	err          error         // set when the partition is lost; waiters get it
-	changed      chan struct{} // closed and replaced when walEnd, committedEnd or err change
+	// epochStart is where this holder's own data begins: nothing it serves
+	// below it can differ from what earlier holders served, while a reader
+	// who read an earlier epoch past it read records that were lost.
+	epochStart int64
+	err        error         // set when the partition is lost; waiters get it
+	changed    chan struct{} // closed and replaced when walEnd, committedEnd or err change
 }
 
 func newPartition(key partKey, l *v1.Lease, walEnd int64) *partition {
 	return &partition{
 		key: key, topic: l.GetTopic(), epoch: l.GetEpoch(),
-		nextOffset: walEnd, walEnd: walEnd, committedEnd: l.GetCommittedEndOffset(),
+		nextOffset: walEnd, walEnd: walEnd, committedEnd: l.GetCommittedEndOffset(), epochStart: walEnd,
 		uploadedEnd: l.GetCommittedEndOffset(), startOffset: l.GetStartOffset(),
 		changed: make(chan struct{}),
 	}

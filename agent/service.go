@@ -15,6 +15,10 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
+// TruncatedAtKey is the error metadata key naming the offset a consumer
+// must resume from after an unclean handoff truncated what it had read.
+const TruncatedAtKey = "Streamhouse-Truncated-At"
+
 // Handler returns the agent's AgentService implementation. Its unary methods
 // match streamhousev1connect.AgentServiceClient, so an in-process gateway can
 // call it directly.
@@ -169,8 +173,18 @@ func (s service) Read(ctx context.Context, req *connect.Request[v1.ReadRequest])
 	offset := m.GetOffset()
 
 	p.mu.Lock()
-	hw, start := p.highWatermarkLocked(), p.startOffset
+	hw, start, epoch, epochStart := p.highWatermarkLocked(), p.startOffset, p.epoch, p.epochStart
 	p.mu.Unlock()
+	if last := int64(m.GetLastEpoch()); last > 0 && last < epoch && offset > epochStart {
+		// The consumer read an earlier epoch past where this one began: an
+		// unclean handoff lost those records and reused their offsets.
+		ce := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
+			"partition %s was truncated at offset %d: records you read from epoch %d at and after it were lost when the partition moved uncleanly (epoch %d); resume from %d",
+			p.key, epochStart, last, epoch, epochStart))
+		ce.Meta().Set(TruncatedAtKey, fmt.Sprint(epochStart))
+		truncationsDetected.Inc()
+		return nil, ce
+	}
 	if offset < start || offset > hw {
 		return nil, connect.NewError(connect.CodeOutOfRange, fmt.Errorf("offset %d is out of range for partition %s: valid offsets are %d to %d", offset, p.key, start, hw))
 	}

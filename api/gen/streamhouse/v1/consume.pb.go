@@ -34,7 +34,14 @@ type FetchRequest struct {
 	MaxWaitMs int32 `protobuf:"varint,5,opt,name=max_wait_ms,json=maxWaitMs,proto3" json:"max_wait_ms,omitempty"`
 	// Return the Kafka RecordBatch v2 bytes as stored (batches) instead of
 	// decoded records; what the SDK uses.
-	Raw           bool `protobuf:"varint,6,opt,name=raw,proto3" json:"raw,omitempty"`
+	Raw bool `protobuf:"varint,6,opt,name=raw,proto3" json:"raw,omitempty"`
+	// Partition leader epoch of the last batch the consumer read (0: none).
+	// When the partition moved uncleanly after that epoch and the offset lies
+	// past where the new epoch began, the fetch fails with FailedPrecondition
+	// and the metadata Streamhouse-Truncated-At naming the offset to resume
+	// from: the records read at and after it were lost (DESIGN.md, Unclean
+	// handoff), and the same offsets now hold other records.
+	LastEpoch     int32 `protobuf:"varint,7,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -109,6 +116,13 @@ func (x *FetchRequest) GetRaw() bool {
 		return x.Raw
 	}
 	return false
+}
+
+func (x *FetchRequest) GetLastEpoch() int32 {
+	if x != nil {
+		return x.LastEpoch
+	}
+	return 0
 }
 
 type FetchResponse struct {
@@ -328,14 +342,16 @@ var File_streamhouse_v1_consume_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_consume_proto_rawDesc = "" +
 	"\n" +
-	"\x1cstreamhouse/v1/consume.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\xa9\x01\n" +
+	"\x1cstreamhouse/v1/consume.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\xc8\x01\n" +
 	"\fFetchRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
 	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
 	"\tmax_bytes\x18\x04 \x01(\x05R\bmaxBytes\x12\x1e\n" +
 	"\vmax_wait_ms\x18\x05 \x01(\x05R\tmaxWaitMs\x12\x10\n" +
-	"\x03raw\x18\x06 \x01(\bR\x03raw\"\xc6\x01\n" +
+	"\x03raw\x18\x06 \x01(\bR\x03raw\x12\x1d\n" +
+	"\n" +
+	"last_epoch\x18\a \x01(\x05R\tlastEpoch\"\xc6\x01\n" +
 	"\rFetchResponse\x120\n" +
 	"\arecords\x18\x01 \x03(\v2\x16.streamhouse.v1.RecordR\arecords\x12%\n" +
 	"\x0ehigh_watermark\x18\x02 \x01(\x03R\rhighWatermark\x12\x1f\n" +
