@@ -143,7 +143,7 @@ func runDev(ctx context.Context, cfg devConfig) error {
 		Controller: ctrl.Controller(), Store: store, KeyRoot: cfg.Store.KeyRoot,
 		PrefixCount: cfg.Store.PrefixCount, FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes,
 		Logger: log,
-		Guard:  cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget,
+		Guard:  cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)

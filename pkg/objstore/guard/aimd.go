@@ -24,6 +24,7 @@ type aimd struct {
 	onRate func(float64)
 
 	mu           sync.Mutex
+	ceiling      float64 // the sent rate when the store last throttled (its estimated limit); 0 before
 	lastDecrease time.Time
 	lastAdjust   time.Time
 	sent         [10]int64 // PUT attempts per tenth of a second, a ring
@@ -84,6 +85,7 @@ func (a *aimd) throttled() {
 	if sent := a.sentRateLocked(now); sent > 0 && sent < from {
 		from = sent
 	}
+	a.ceiling = from
 	r := max(a.cfg.MinRate, from*a.cfg.Decrease)
 	a.lastDecrease, a.lastAdjust = now, now
 	if r != cur {
@@ -105,7 +107,14 @@ func (a *aimd) succeeded() {
 	if cur >= a.b.maxRate {
 		return
 	}
-	r := min(a.b.maxRate, cur+a.cfg.Step)
+	// Once the store has shown its limit, probe toward it in small steps
+	// (5 % of it), so the rate saws between Decrease and 1 times the limit
+	// instead of overshooting it by a fixed step sized for the maximum.
+	step := a.cfg.Step
+	if a.ceiling > 0 {
+		step = min(step, max(1, a.ceiling*0.05))
+	}
+	r := min(a.b.maxRate, cur+step)
 	a.b.setRate(r)
 	a.onRate(r)
 }

@@ -79,7 +79,8 @@ type Breaker struct {
 // Config.Put.Rate. With Decrease d the rate saws between d*N and N under a
 // store that accepts N PUT/s, so it averages about (1+d)/2 * N.
 type AIMD struct {
-	// Decrease multiplies the rate on throttling. Default 0.8; 1 disables AIMD.
+	// Decrease multiplies the rate on throttling. Default 0.9 (the rate then
+	// saws between 0.9 and 1 times the store's limit); 1 disables AIMD.
 	Decrease float64
 	// MinRate is the floor. Default 1 PUT/s.
 	MinRate float64
@@ -110,7 +111,7 @@ func DefaultConfig() Config {
 			Probes:              2,
 			CloseAfter:          3,
 		},
-		AIMD: AIMD{Decrease: 0.8, MinRate: 1, Interval: time.Second, Hold: 500 * time.Millisecond},
+		AIMD: AIMD{Decrease: 0.9, MinRate: 1, Interval: time.Second, Hold: 500 * time.Millisecond},
 	}
 }
 
