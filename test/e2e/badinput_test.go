@@ -22,8 +22,13 @@ func TestBadInput(t *testing.T) {
 	createTopic(t, c, "orders", 3, v1.Durability_DURABILITY_WAL)
 	ctx := ctxT(t, time.Minute)
 	if _, err := c.produce.Produce(ctx, connect.NewRequest(&v1.ProduceRequest{Topic: "orders", Partition: proto.Int32(1),
-		Records: []*v1.Record{{Value: []byte("a")}, {Value: []byte("b")}}})); err != nil {
+		Records: []*v1.Record{{Value: []byte("a")}, {Value: []byte("b")}}, Acks: v1.Acks_ACKS_DURABLE})); err != nil {
 		t.Fatal(err)
+	}
+	// Committed (acks durable) and reported by a heartbeat, so the only
+	// thing that could change the description now is the bad input.
+	for d := describe(t, c, "orders"); d.Partitions[1].HighWatermark != 2; d = describe(t, c, "orders") {
+		time.Sleep(20 * time.Millisecond)
 	}
 	before := describe(t, c, "orders")
 	listBefore, err := c.admin.ListTopics(ctx, connect.NewRequest(&v1.ListTopicsRequest{}))
