@@ -70,7 +70,13 @@ func (a *Agent) readObjects(ctx context.Context, p *partition, out []byte, next,
 	if err != nil {
 		return out, next, connect.NewError(connect.CodeUnavailable, fmt.Errorf("partition %s: look up objects at %d: %w", p.key, next, err))
 	}
-	for _, sec := range resp.Msg.GetSections() {
+	secs := resp.Msg.GetSections()
+	later := 0 // bytes of the sections after the current one
+	for _, sec := range secs {
+		later += int(sec.GetLength())
+	}
+	for _, sec := range secs {
+		later -= int(sec.GetLength())
 		if sec.GetBaseOffset() > next {
 			return out, next, connect.NewError(connect.CodeDataLoss, fmt.Errorf("partition %s: the object index has a gap at %d (next section starts at %d)", p.key, next, sec.GetBaseOffset()))
 		}
@@ -100,6 +106,7 @@ func (a *Agent) readObjects(ctx context.Context, p *partition, out []byte, next,
 			if meta.BaseOffset >= hw {
 				break
 			}
+			out = reserve(out, len(raw), min(maxBytes-len(out), len(data)+later)+len(raw))
 			out = append(out, raw...)
 			next = meta.EndOffset()
 		}
@@ -108,6 +115,19 @@ func (a *Agent) readObjects(ctx context.Context, p *partition, out []byte, next,
 		}
 	}
 	return out, next, nil
+}
+
+// reserve returns out with room for at least n more bytes. When it must
+// grow, it makes room for hint bytes (the most the read can still append,
+// one batch past maxBytes included) so a 4 MiB read is copied once, not
+// re-grown by append from a small slice.
+func reserve(out []byte, n, hint int) []byte {
+	if cap(out)-len(out) >= n {
+		return out
+	}
+	grown := make([]byte, len(out), len(out)+max(n, hint))
+	copy(grown, out)
+	return grown
 }
 
 func sectionKey(sec *v1.ObjectSection) string {

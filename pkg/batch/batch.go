@@ -489,6 +489,32 @@ func DecodeAll(b []byte, fn func(Record) error) error {
 	return nil
 }
 
+// CountRecords returns about how many records the whole batches in b hold,
+// from their headers alone (no CRC check, no decoding), to size a slice
+// before DecodeAll. It stops at the first batch that is truncated or has a
+// bad length. A batch counts for at most what its bytes can hold
+// (uncompressed) or 1<<14 (compressed), so corrupt headers cannot make a
+// caller allocate much more than the data justifies.
+func CountRecords(b []byte) int {
+	n := 0
+	for len(b) >= HeaderSize {
+		length := int32(binary.BigEndian.Uint32(b[8:]))
+		size := int64(length) + lengthFieldEnd
+		if length < minLength || size > int64(len(b)) {
+			break
+		}
+		c := int(max(int32(binary.BigEndian.Uint32(b[HeaderSize-4:])), 0))
+		if Codec(binary.BigEndian.Uint16(b[attrPos:])&attrCodecMask) == CodecNone {
+			c = min(c, int(size-HeaderSize)/minRecordSize)
+		} else {
+			c = min(c, 1<<14)
+		}
+		n += c
+		b = b[size:]
+	}
+	return n
+}
+
 // minRecordSize is the smallest possible encoded record: length, attributes,
 // timestamp delta, offset delta, key, value and header count, 1 byte each.
 const minRecordSize = 7

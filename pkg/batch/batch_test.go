@@ -360,6 +360,34 @@ func TestDecodeAll(t *testing.T) {
 	}
 }
 
+func TestCountRecords(t *testing.T) {
+	all, _ := concatBatches(t)
+	want := 0
+	for i := range allCodecs {
+		want += i + 1
+	}
+	if got := CountRecords(all); got != want {
+		t.Fatalf("CountRecords = %d, want %d", got, want)
+	}
+	// A torn tail is not counted; an empty or short buffer counts 0.
+	last, _ := Encode(sampleRecords()[:2], EncodeOptions{})
+	if got := CountRecords(append(append([]byte(nil), all...), last[:len(last)-1]...)); got != want {
+		t.Fatalf("with a torn tail: %d, want %d", got, want)
+	}
+	for _, b := range [][]byte{nil, all[:HeaderSize-1], make([]byte, 100)} {
+		if got := CountRecords(b); got != 0 {
+			t.Fatalf("CountRecords of %d bytes = %d, want 0", len(b), got)
+		}
+	}
+	// A lying NumRecords in an uncompressed batch counts for at most what
+	// its bytes can hold.
+	lie := append([]byte(nil), last...)
+	binary.BigEndian.PutUint32(lie[HeaderSize-4:], 1<<30)
+	if got, limit := CountRecords(lie), (len(lie)-HeaderSize)/minRecordSize; got > limit {
+		t.Fatalf("lying header counts %d, more than %d", got, limit)
+	}
+}
+
 func TestXerialSnappy(t *testing.T) {
 	recs := sampleRecords()
 	raw, err := appendRecords(nil, recs, -5)

@@ -45,6 +45,9 @@ func normalize(rs []Record) []Record {
 func FuzzDecode(f *testing.F) {
 	seedBatches(f)
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if n := CountRecords(b); n < 0 || n > len(b)/HeaderSize*(1<<14) {
+			t.Fatalf("CountRecords = %d for %d bytes", n, len(b))
+		}
 		fuzzDecodeOne(t, b)
 		// The CRC stops almost every mutation at the door; also try the
 		// input with its length field and CRC repaired so the fuzzer

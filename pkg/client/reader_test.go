@@ -1,9 +1,16 @@
 package client
 
 import (
+	"compress/gzip"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,5 +180,54 @@ func TestReaderRetriesUntilGatewayIsUp(t *testing.T) {
 	res := <-done
 	if res.err != nil || len(res.recs) != 1 || string(res.recs[0].Value) != "b" || r.Offset() != 2 {
 		t.Fatal(fmt.Sprint(res.recs), res.err, r.Offset())
+	}
+}
+
+// TestReaderFetchesUncompressed checks that fetches and produce requests do
+// not ask for gzip answers (the gateway would compress every answer, its
+// main CPU cost on cold reads), and that WithConnectOptions can still turn
+// it on.
+func TestReaderFetchesUncompressed(t *testing.T) {
+	g := newFakeGateway("t", 1)
+	var mu sync.Mutex
+	var encodings []string
+	inner := g.handler()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &httptest.Server{Listener: l, Config: &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/Produce") && r.Header.Get("Accept-Encoding") != "identity" {
+			t.Errorf("produce request with Accept-Encoding %q", r.Header.Get("Accept-Encoding"))
+		}
+		if strings.HasSuffix(r.URL.Path, "/Fetch") {
+			mu.Lock()
+			encodings = append(encodings, r.Header.Get("Accept-Encoding"))
+			mu.Unlock()
+		}
+		inner.ServeHTTP(w, r)
+	})}}
+	var protos http.Protocols
+	protos.SetHTTP1(true)
+	protos.SetUnencryptedHTTP2(true)
+	srv.Config.Protocols = &protos
+	srv.Start()
+	t.Cleanup(srv.Close)
+
+	c := newTestClient(t, srv.URL)
+	fill(t, g, c, 1000)
+	if recs := readAll(t, c.NewReader("t", 0, 0, MaxWait(0)), 1000); len(recs) != 1000 {
+		t.Fatalf("read %d records", len(recs))
+	}
+	gz := newTestClient(t, srv.URL, WithConnectOptions(connect.WithAcceptCompression("gzip",
+		func() connect.Decompressor { return &gzip.Reader{} },
+		func() connect.Compressor { return gzip.NewWriter(io.Discard) })))
+	if recs := readAll(t, gz.NewReader("t", 0, 0, MaxWait(0)), 1000); len(recs) != 1000 {
+		t.Fatalf("gzip: read %d records", len(recs))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(encodings) != 2 || encodings[0] != "identity" || !strings.Contains(encodings[1], "gzip") {
+		t.Fatalf("Accept-Encoding of the fetches: %q, want identity then gzip", encodings)
 	}
 }
