@@ -15,10 +15,6 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
-// TruncatedAtKey is the error metadata key naming the offset a consumer
-// must resume from after an unclean handoff truncated what it had read.
-const TruncatedAtKey = "Streamhouse-Truncated-At"
-
 // Handler returns the agent's AgentService implementation. Its unary methods
 // match streamhousev1connect.AgentServiceClient, so an in-process gateway can
 // call it directly.
@@ -181,7 +177,7 @@ func (s service) Read(ctx context.Context, req *connect.Request[v1.ReadRequest])
 		ce := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
 			"partition %s was truncated at offset %d: records you read from epoch %d at and after it were lost when the partition moved uncleanly (epoch %d); resume from %d",
 			p.key, epochStart, last, epoch, epochStart))
-		ce.Meta().Set(TruncatedAtKey, fmt.Sprint(epochStart))
+		ce.Meta().Set(rpcerr.TruncatedAtKey, fmt.Sprint(epochStart))
 		truncationsDetected.Inc()
 		return nil, ce
 	}

@@ -52,7 +52,7 @@ func (s consumeService) Fetch(ctx context.Context, req *connect.Request[v1.Fetch
 	if err := rt.checkPartition(m.GetPartition()); err != nil {
 		return nil, err
 	}
-	rr, err := g.read(ctx, rt, m.GetPartition(), m.GetOffset(), maxBytes, m.GetMaxWaitMs())
+	rr, err := g.read(ctx, rt, m.GetPartition(), m.GetOffset(), maxBytes, m.GetMaxWaitMs(), m.GetLastEpoch())
 	if err != nil {
 		g.log.Debug("fetch failed", "topic", m.GetTopic(), "partition", m.GetPartition(), "offset", m.GetOffset(), "err", err)
 		return nil, err
@@ -75,7 +75,7 @@ func (s consumeService) Fetch(ctx context.Context, req *connect.Request[v1.Fetch
 }
 
 // read calls Read on the agent holding partition p.
-func (g *Gateway) read(ctx context.Context, rt *topicRoutes, p int32, offset int64, maxBytes, maxWaitMs int32) (*v1.ReadResponse, error) {
+func (g *Gateway) read(ctx context.Context, rt *topicRoutes, p int32, offset int64, maxBytes, maxWaitMs, lastEpoch int32) (*v1.ReadResponse, error) {
 	var out *v1.ReadResponse
 	err := g.onAgent(ctx, rt, p, func(agent streamhousev1connect.AgentServiceClient) error {
 		res, err := agent.Read(ctx, connect.NewRequest(&v1.ReadRequest{
@@ -84,6 +84,7 @@ func (g *Gateway) read(ctx context.Context, rt *topicRoutes, p int32, offset int
 			Offset:    offset,
 			MaxBytes:  maxBytes,
 			MaxWaitMs: maxWaitMs,
+			LastEpoch: lastEpoch,
 		}))
 		if err != nil {
 			return err
@@ -210,7 +211,7 @@ func (g *Gateway) subscribe(ctx context.Context, topic string, p int32, offset i
 			return err
 		}
 		began := time.Now()
-		rr, err := g.read(ctx, rt, p, offset, maxBytes, SubscribeWaitMs)
+		rr, err := g.read(ctx, rt, p, offset, maxBytes, SubscribeWaitMs, 0)
 		if err != nil {
 			return err
 		}

@@ -42,6 +42,10 @@ func upstream(err error) error {
 		if ra := ce.Meta().Get("Retry-After"); ra != "" {
 			out.Meta().Set("Retry-After", ra)
 		}
+		// A reader's log was truncated by an unclean handoff: where to resume.
+		if at := ce.Meta().Get(rpcerr.TruncatedAtKey); at != "" {
+			out.Meta().Set(rpcerr.TruncatedAtKey, at)
+		}
 		return out
 	}
 	switch {

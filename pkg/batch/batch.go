@@ -583,3 +583,20 @@ func decodeRecords(b []byte, m Meta, prealloc func(int), emit func(Record) error
 	}
 	return nil
 }
+
+// LastLeaderEpoch returns the partition leader epoch of the last whole batch
+// in b (concatenated batches), reading headers only; ok is false when b holds
+// no whole batch. Readers send it back with their next fetch so the server
+// can tell them when an unclean handoff truncated what they read.
+func LastLeaderEpoch(b []byte) (epoch int32, ok bool) {
+	for len(b) >= HeaderSize {
+		length := int32(binary.BigEndian.Uint32(b[8:]))
+		size := int64(length) + lengthFieldEnd
+		if length < minLength || size > int64(len(b)) {
+			break
+		}
+		epoch, ok = int32(binary.BigEndian.Uint32(b[12:])), true
+		b = b[size:]
+	}
+	return epoch, ok
+}

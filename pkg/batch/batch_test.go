@@ -639,3 +639,24 @@ func TestEncodeSizesBufferOnce(t *testing.T) {
 		t.Errorf("Encode of 1000 records: %.0f allocations, want 1", n)
 	}
 }
+
+func TestLastLeaderEpoch(t *testing.T) {
+	var all []byte
+	for i, e := range []int32{3, 5, 7} {
+		b, err := Encode([]Record{{Value: []byte("v")}}, EncodeOptions{BaseOffset: int64(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		SetPartitionLeaderEpoch(b, e)
+		all = append(all, b...)
+	}
+	if e, ok := LastLeaderEpoch(all); !ok || e != 7 {
+		t.Fatalf("LastLeaderEpoch = %d, %v; want 7", e, ok)
+	}
+	if e, ok := LastLeaderEpoch(all[:len(all)-1]); !ok || e != 5 {
+		t.Fatalf("with a torn last batch = %d, %v; want 5", e, ok)
+	}
+	if _, ok := LastLeaderEpoch(nil); ok {
+		t.Fatal("no batch gave ok")
+	}
+}

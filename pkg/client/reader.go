@@ -3,12 +3,14 @@ package client
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"connectrpc.com/connect"
 
 	streamhousev1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/batch"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // Special start offsets for NewReader.
@@ -71,7 +73,28 @@ type Reader struct {
 	cfg       readerConfig
 	offset    int64
 	hwm       int64
+	// lastEpoch is the partition leader epoch of the last batch read from;
+	// sent with each fetch so the server can report a truncation.
+	lastEpoch int32
 }
+
+// TruncatedError reports that an unclean handoff of the partition (DESIGN.md,
+// Unclean handoff) lost records this reader had already returned: the
+// records it returned at and after Offset are gone, and those offsets now
+// hold other records. The Reader has moved to Offset; the next Next reads
+// from there.
+type TruncatedError struct {
+	Topic     string
+	Partition int32
+	Offset    int64
+	Err       error
+}
+
+func (e *TruncatedError) Error() string {
+	return fmt.Sprintf("client: %s/%d was truncated at offset %d by an unclean handoff; records read at and after it were lost: %v", e.Topic, e.Partition, e.Offset, e.Err)
+}
+
+func (e *TruncatedError) Unwrap() error { return e.Err }
 
 // NewReader returns a Reader of topic's partition starting at offset, an
 // absolute offset or OffsetStart or OffsetEnd (resolved by the first Next).
@@ -111,6 +134,10 @@ func (r *Reader) Next(ctx context.Context) ([]batch.Record, error) {
 	for {
 		resp, err := r.fetch(ctx)
 		if err != nil {
+			if at, ok := truncatedAt(err); ok {
+				r.offset, r.lastEpoch = at, 0
+				return nil, &TruncatedError{Topic: r.topic, Partition: r.partition, Offset: at, Err: err}
+			}
 			return nil, err
 		}
 		r.hwm = resp.GetHighWatermark()
@@ -127,6 +154,9 @@ func (r *Reader) Next(ctx context.Context) ([]batch.Record, error) {
 		})
 		if err != nil {
 			return nil, fmt.Errorf("client: fetch %s/%d at %d: %w", r.topic, r.partition, r.offset, err)
+		}
+		if e, ok := batch.LastLeaderEpoch(resp.GetBatches()); ok && len(recs) > 0 {
+			r.lastEpoch = e
 		}
 		advanced := next > r.offset || resp.GetNextOffset() > r.offset
 		r.offset = max(next, resp.GetNextOffset())
@@ -146,6 +176,7 @@ func (r *Reader) fetch(ctx context.Context) (*streamhousev1.FetchResponse, error
 		MaxBytes:  r.cfg.maxBytes,
 		MaxWaitMs: int32(r.cfg.maxWait / time.Millisecond),
 		Raw:       true,
+		LastEpoch: r.lastEpoch,
 	}
 	for attempt := 0; ; attempt++ {
 		rctx, cancel := context.WithTimeout(ctx, r.cfg.maxWait+r.cfg.requestTimeout)
@@ -199,4 +230,18 @@ func (r *Reader) resolveStart(ctx context.Context) error {
 			return err
 		}
 	}
+}
+
+// truncatedAt extracts the resume offset from a truncation error.
+func truncatedAt(err error) (int64, bool) {
+	ce, ok := errorsAsConnect(err)
+	if !ok {
+		return 0, false
+	}
+	v := ce.Meta().Get(rpcerr.TruncatedAtKey)
+	if v == "" {
+		return 0, false
+	}
+	at, perr := strconv.ParseInt(v, 10, 64)
+	return at, perr == nil
 }

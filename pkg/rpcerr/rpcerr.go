@@ -31,3 +31,9 @@ func IsNotApplied(err error) bool {
 	var ce *connect.Error
 	return errors.As(err, &ce) && ce.Meta().Get(NotAppliedKey) == "true"
 }
+
+// TruncatedAtKey is the error metadata key a fetch failure carries when an
+// unclean handoff truncated what the consumer had read: its value is the
+// offset to resume from (the records read at and after it were lost and the
+// offsets now hold other records).
+const TruncatedAtKey = "Streamhouse-Truncated-At"

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -169,5 +171,85 @@ func TestPartitionedAgent(t *testing.T) {
 	l.stopAndCheck(partitions)
 	if log := cut.Stderr(); !strings.Contains(log, "dropped partition") {
 		t.Errorf("the partitioned agent never dropped its partitions; stderr:\n%s", tailString(log, 3000))
+	}
+}
+
+// TestWALAgentNeverReturns: the holder of a wal partition dies for good with
+// acknowledged records it never uploaded. After wal_handoff_timeout the
+// partition moves uncleanly: that tail (and only that) is lost, new records
+// reuse its offsets, and a consumer who had read the lost records is told
+// (TruncatedError with the offset to resume from) instead of silently
+// reading two different records at one offset.
+func TestWALAgentNeverReturns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 8 processes; not in -short")
+	}
+	const lease, handoff = 3 * time.Second, 4 * time.Second
+	c := startCluster(t, clusterOpts{lease: lease, walHandoff: handoff, agentArgs: []string{"--flush-interval", "1h", "--flush-bytes", "268435456"}})
+	cl := newClients(t, c.gateways[0].URL)
+	const partitions = 6
+	createTopic(t, cl, "u", partitions, v1.Durability_DURABILITY_WAL)
+	victim := c.agents[0]
+	lost := heldBy(t, cl, "u", victim.Addr)
+	if len(lost) == 0 {
+		t.Fatal("the victim holds no partition")
+	}
+	p := lost[0]
+	var kept int32 = -1
+	for q := range int32(partitions) {
+		if !slices.Contains(lost, q) {
+			kept = q
+		}
+	}
+	produceN(t, cl, "u", p, 500, v1.Acks_ACKS_WAL, "old")
+	produceN(t, cl, "u", kept, 300, v1.Acks_ACKS_WAL, "kept")
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	sdk, err := client.New(c.gateways[1].URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sdk.Close()
+	r := sdk.NewReader("u", p, 0, client.MaxWait(0))
+	for r.Offset() < 500 {
+		if _, err := r.Next(ctx); err != nil {
+			t.Fatalf("read before the crash: %v", err)
+		}
+	}
+	victim.Kill()
+	killed := time.Now()
+	took := waitMoved(t, cl, "u", victim.Addr, []int32{p}, lease+handoff+15*time.Second)
+	t.Logf("wal partition %d moved uncleanly %v after its holder died (lease %v + handoff %v)", p, time.Since(killed), lease, handoff)
+	if took < handoff {
+		t.Errorf("partition moved after %v, before the %v handoff timeout", took, handoff)
+	}
+	produceN(t, cl, "u", p, 100, v1.Acks_ACKS_WAL, "new")
+
+	_, err = r.Next(ctx)
+	var trunc *client.TruncatedError
+	if !errors.As(err, &trunc) {
+		t.Fatalf("the consumer of the lost records got %v, want a TruncatedError", err)
+	}
+	t.Logf("consumer told: %v", trunc)
+	if trunc.Offset != 0 {
+		t.Fatalf("truncated at %d, want 0 (nothing was uploaded)", trunc.Offset)
+	}
+	var got []string
+	for len(got) < 100 {
+		recs, err := r.Next(ctx)
+		if err != nil {
+			t.Fatalf("read after the truncation: %v", err)
+		}
+		for _, rec := range recs {
+			got = append(got, string(rec.Value))
+		}
+	}
+	if got[0] != "new-0" || got[99] != "new-99" {
+		t.Fatalf("after resuming the consumer read %q ... %q, want new-0 ... new-99", got[0], got[99])
+	}
+	recs, err := fetchAll(t, cl, "u", kept)
+	if err != nil || len(recs) != 300 {
+		t.Fatalf("partition %d of a live agent: %d records (%v), want all 300", kept, len(recs), err)
 	}
 }
