@@ -273,6 +273,11 @@ func (c controllerService) CommitObject(ctx context.Context, req *connect.Reques
 	}
 	out := &v1.CommitObjectResponse{}
 	for i, r := range results {
+		if r.Fenced {
+			fencedSections.Inc()
+			c.n.log.Warn("commit fenced: stale lease epoch", "agent", m.GetAgentId(), "topic", m.GetSections()[i].GetTopic(),
+				"partition", m.GetSections()[i].GetPartition(), "epoch", m.GetSections()[i].GetEpoch(), "reason", r.Error)
+		}
 		s := m.GetSections()[i]
 		out.Results = append(out.Results, &v1.SectionResult{
 			Topic: s.GetTopic(), Partition: s.GetPartition(), Committed: r.Committed,

@@ -6,4 +6,5 @@ import "github.com/VictoriaMetrics/metrics"
 var (
 	uncleanHandoffs    = metrics.NewCounter("streamhouse_controller_unclean_handoffs_total")
 	uncleanLostRecords = metrics.NewCounter("streamhouse_controller_unclean_lost_records_total")
+	fencedSections     = metrics.NewCounter("streamhouse_controller_fenced_commits_total")
 )

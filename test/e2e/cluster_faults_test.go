@@ -20,13 +20,15 @@ func TestZombieAgent(t *testing.T) {
 		t.Skip("starts 8 processes; not in -short")
 	}
 	const lease = 3 * time.Second
-	c := startCluster(t, clusterOpts{lease: lease})
+	// A 1 s flush interval, so the zombie is frozen with data it has not
+	// committed yet, and tries to commit it when it wakes.
+	c := startCluster(t, clusterOpts{lease: lease, agentArgs: []string{"--flush-interval", "1s"}})
 	const partitions = 6
 	cl := newClients(t, c.gateways[0].URL)
 	createTopic(t, cl, "z", partitions, v1.Durability_DURABILITY_DURABLE)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	l := startLoad(t, ctx, c, "z", client.BatchBytes(8<<10), client.RequestTimeout(5*time.Second))
+	l := startLoad(t, ctx, c, "z", client.BatchBytes(8<<10), client.RequestTimeout(5*time.Second), client.Acks(v1.Acks_ACKS_DURABLE))
 
 	zombie := c.agents[0]
 	owned := heldBy(t, cl, "z", zombie.Addr)
@@ -35,6 +37,14 @@ func TestZombieAgent(t *testing.T) {
 	t.Logf("agent frozen holding %v: partitions moved after %v (lease %v)", owned, took, lease)
 	l.waitAcks(2000)
 	zombie.Resume()
+	// Its late commit is rejected: the controllers count a fenced commit.
+	for start := time.Now(); c.fencedCommits() == 0; {
+		if time.Since(start) > 15*time.Second {
+			t.Fatal("the resumed zombie's commit was never fenced")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the zombie's late commit was fenced (%d fenced sections)", c.fencedCommits())
 	l.waitAcks(3000)
 	res := l.stopAndCheck(partitions)
 	if res.Acked == 0 {

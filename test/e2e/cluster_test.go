@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -354,4 +356,25 @@ func waitMoved(t *testing.T, cl clients, topic, addr string, parts []int32, limi
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// fencedCommits sums streamhouse_controller_fenced_commits_total over the
+// live controllers.
+func (c *cluster) fencedCommits() int {
+	n := 0
+	for _, p := range c.controllers {
+		resp, err := c.hc.Get(p.URL + "/metrics")
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(b), "\n") {
+			if v, ok := strings.CutPrefix(line, "streamhouse_controller_fenced_commits_total "); ok {
+				k, _ := strconv.Atoi(strings.TrimSpace(v))
+				n += k
+			}
+		}
+	}
+	return n
 }
