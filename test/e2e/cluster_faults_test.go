@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"connectrpc.com/connect"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
+	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/client"
 )
 
@@ -262,4 +264,52 @@ func TestWALAgentNeverReturns(t *testing.T) {
 	if err != nil || len(recs) != 300 {
 		t.Fatalf("partition %d of a live agent: %d records (%v), want all 300", kept, len(recs), err)
 	}
+}
+
+// TestDrainAgent: a drained agent uploads what it holds, hands its
+// partitions to the others without losing or failing a write, and gets
+// none back until undrained.
+func TestDrainAgent(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 8 processes; not in -short")
+	}
+	c := startCluster(t, clusterOpts{lease: 5 * time.Second})
+	const partitions = 6
+	cl := newClients(t, c.gateways[0].URL)
+	createTopic(t, cl, "d", partitions, v1.Durability_DURABILITY_WAL)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	l := startLoad(t, ctx, c, "d", client.BatchBytes(8<<10))
+	victim := c.agents[0]
+	owned := heldBy(t, cl, "d", victim.Addr)
+	leader, _ := c.waitLeader(nil)
+	cs := streamhousev1connect.NewClusterServiceClient(c.hc, leader.URL)
+	st, err := cs.Status(ctx, connect.NewRequest(&v1.StatusRequest{}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var id string
+	for _, a := range st.Msg.Agents {
+		if a.Address == victim.Addr {
+			id = a.Id
+		}
+	}
+	start := time.Now()
+	if _, err := cs.DrainAgent(ctx, connect.NewRequest(&v1.DrainAgentRequest{AgentId: id})); err != nil {
+		t.Fatal(err)
+	}
+	took := waitMoved(t, cl, "d", victim.Addr, owned, 15*time.Second)
+	t.Logf("drained agent handed over %v in %v", owned, took)
+	l.waitAcks(3000)
+	if got := heldBy(t, cl, "d", victim.Addr); len(got) != 0 {
+		t.Fatalf("a draining agent holds %v", got)
+	}
+	if _, err := cs.DrainAgent(ctx, connect.NewRequest(&v1.DrainAgentRequest{AgentId: id, Undrain: true})); err != nil {
+		t.Fatal(err)
+	}
+	res := l.stopAndCheck(partitions)
+	if res.Failed != 0 {
+		t.Errorf("%d records failed during a drain; want 0", res.Failed)
+	}
+	t.Logf("drain requested %v before the check finished", time.Since(start))
 }
