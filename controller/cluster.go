@@ -126,6 +126,15 @@ func (c clusterService) RemoveVoter(ctx context.Context, req *connect.Request[v1
 	return connect.NewResponse(&v1.RemoveVoterResponse{}), nil
 }
 
+// Snapshot writes a Raft snapshot on this node (the leader, through the
+// forwarding middleware) and compacts its log.
+func (c clusterService) Snapshot(ctx context.Context, req *connect.Request[v1.SnapshotRequest]) (*connect.Response[v1.SnapshotResponse], error) {
+	if err := c.n.Snapshot(); err != nil {
+		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("snapshot: %w", err))
+	}
+	return connect.NewResponse(&v1.SnapshotResponse{Index: c.n.raft.AppliedIndex()}), nil
+}
+
 // DrainAgent marks an agent draining or not.
 func (c clusterService) DrainAgent(ctx context.Context, req *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
 	id := req.Msg.GetAgentId()

@@ -229,6 +229,9 @@ func (n *Node) startRaft() error {
 	rc.ElectionTimeout = 500 * time.Millisecond
 	rc.LeaderLeaseTimeout = 250 * time.Millisecond
 	rc.SnapshotThreshold = 4096
+	// Keep few entries after a snapshot: commits carry many sections each,
+	// and a voter far behind is better served by the snapshot.
+	rc.TrailingLogs = 256
 
 	var addr raft.ServerAddress
 	if !n.clustered() {

@@ -183,6 +183,28 @@ func (p *Proc) signal(sig syscall.Signal) {
 	<-done
 }
 
+// RSS returns the process's resident set size in bytes (from /proc), or 0.
+func (p *Proc) RSS() int64 {
+	p.mu.Lock()
+	cmd := p.cmd
+	p.mu.Unlock()
+	if cmd == nil || cmd.Process == nil {
+		return 0
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			var kb int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &kb)
+			return kb << 10
+		}
+	}
+	return 0
+}
+
 // Terminate sends SIGTERM and returns at once; WaitExit waits for the exit.
 func (p *Proc) Terminate() { p.send(syscall.SIGTERM) }
 

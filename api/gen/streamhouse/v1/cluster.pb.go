@@ -686,6 +686,87 @@ func (*RemoveVoterResponse) Descriptor() ([]byte, []int) {
 	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{11}
 }
 
+type SnapshotRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotRequest) Reset() {
+	*x = SnapshotRequest{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotRequest) ProtoMessage() {}
+
+func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
+func (*SnapshotRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{12}
+}
+
+type SnapshotResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Raft index the snapshot covers.
+	Index         uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SnapshotResponse) Reset() {
+	*x = SnapshotResponse{}
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SnapshotResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SnapshotResponse) ProtoMessage() {}
+
+func (x *SnapshotResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_cluster_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SnapshotResponse.ProtoReflect.Descriptor instead.
+func (*SnapshotResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_cluster_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *SnapshotResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 var File_streamhouse_v1_cluster_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_cluster_proto_rawDesc = "" +
@@ -734,13 +815,17 @@ const file_streamhouse_v1_cluster_proto_rawDesc = "" +
 	"\x10AddVoterResponse\"$\n" +
 	"\x12RemoveVoterRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\x15\n" +
-	"\x13RemoveVoterResponse2\xc9\x03\n" +
+	"\x13RemoveVoterResponse\"\x11\n" +
+	"\x0fSnapshotRequest\"(\n" +
+	"\x10SnapshotResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index2\x9a\x04\n" +
 	"\x0eClusterService\x12L\n" +
 	"\x06Status\x12\x1d.streamhouse.v1.StatusRequest\x1a\x1e.streamhouse.v1.StatusResponse\"\x03\x90\x02\x01\x12O\n" +
 	"\bAddVoter\x12\x1f.streamhouse.v1.AddVoterRequest\x1a .streamhouse.v1.AddVoterResponse\"\x00\x12X\n" +
 	"\vRemoveVoter\x12\".streamhouse.v1.RemoveVoterRequest\x1a#.streamhouse.v1.RemoveVoterResponse\"\x00\x12U\n" +
 	"\n" +
-	"DrainAgent\x12!.streamhouse.v1.DrainAgentRequest\x1a\".streamhouse.v1.DrainAgentResponse\"\x00\x12g\n" +
+	"DrainAgent\x12!.streamhouse.v1.DrainAgentRequest\x1a\".streamhouse.v1.DrainAgentResponse\"\x00\x12O\n" +
+	"\bSnapshot\x12\x1f.streamhouse.v1.SnapshotRequest\x1a .streamhouse.v1.SnapshotResponse\"\x00\x12g\n" +
 	"\x10ReleasePartition\x12'.streamhouse.v1.ReleasePartitionRequest\x1a(.streamhouse.v1.ReleasePartitionResponse\"\x00BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
 
 var (
@@ -755,7 +840,7 @@ func file_streamhouse_v1_cluster_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_cluster_proto_rawDescData
 }
 
-var file_streamhouse_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_streamhouse_v1_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_streamhouse_v1_cluster_proto_goTypes = []any{
 	(*DrainAgentRequest)(nil),        // 0: streamhouse.v1.DrainAgentRequest
 	(*DrainAgentResponse)(nil),       // 1: streamhouse.v1.DrainAgentResponse
@@ -769,6 +854,8 @@ var file_streamhouse_v1_cluster_proto_goTypes = []any{
 	(*AddVoterResponse)(nil),         // 9: streamhouse.v1.AddVoterResponse
 	(*RemoveVoterRequest)(nil),       // 10: streamhouse.v1.RemoveVoterRequest
 	(*RemoveVoterResponse)(nil),      // 11: streamhouse.v1.RemoveVoterResponse
+	(*SnapshotRequest)(nil),          // 12: streamhouse.v1.SnapshotRequest
+	(*SnapshotResponse)(nil),         // 13: streamhouse.v1.SnapshotResponse
 }
 var file_streamhouse_v1_cluster_proto_depIdxs = []int32{
 	5,  // 0: streamhouse.v1.StatusResponse.voters:type_name -> streamhouse.v1.Voter
@@ -777,14 +864,16 @@ var file_streamhouse_v1_cluster_proto_depIdxs = []int32{
 	8,  // 3: streamhouse.v1.ClusterService.AddVoter:input_type -> streamhouse.v1.AddVoterRequest
 	10, // 4: streamhouse.v1.ClusterService.RemoveVoter:input_type -> streamhouse.v1.RemoveVoterRequest
 	0,  // 5: streamhouse.v1.ClusterService.DrainAgent:input_type -> streamhouse.v1.DrainAgentRequest
-	2,  // 6: streamhouse.v1.ClusterService.ReleasePartition:input_type -> streamhouse.v1.ReleasePartitionRequest
-	7,  // 7: streamhouse.v1.ClusterService.Status:output_type -> streamhouse.v1.StatusResponse
-	9,  // 8: streamhouse.v1.ClusterService.AddVoter:output_type -> streamhouse.v1.AddVoterResponse
-	11, // 9: streamhouse.v1.ClusterService.RemoveVoter:output_type -> streamhouse.v1.RemoveVoterResponse
-	1,  // 10: streamhouse.v1.ClusterService.DrainAgent:output_type -> streamhouse.v1.DrainAgentResponse
-	3,  // 11: streamhouse.v1.ClusterService.ReleasePartition:output_type -> streamhouse.v1.ReleasePartitionResponse
-	7,  // [7:12] is the sub-list for method output_type
-	2,  // [2:7] is the sub-list for method input_type
+	12, // 6: streamhouse.v1.ClusterService.Snapshot:input_type -> streamhouse.v1.SnapshotRequest
+	2,  // 7: streamhouse.v1.ClusterService.ReleasePartition:input_type -> streamhouse.v1.ReleasePartitionRequest
+	7,  // 8: streamhouse.v1.ClusterService.Status:output_type -> streamhouse.v1.StatusResponse
+	9,  // 9: streamhouse.v1.ClusterService.AddVoter:output_type -> streamhouse.v1.AddVoterResponse
+	11, // 10: streamhouse.v1.ClusterService.RemoveVoter:output_type -> streamhouse.v1.RemoveVoterResponse
+	1,  // 11: streamhouse.v1.ClusterService.DrainAgent:output_type -> streamhouse.v1.DrainAgentResponse
+	13, // 12: streamhouse.v1.ClusterService.Snapshot:output_type -> streamhouse.v1.SnapshotResponse
+	3,  // 13: streamhouse.v1.ClusterService.ReleasePartition:output_type -> streamhouse.v1.ReleasePartitionResponse
+	8,  // [8:14] is the sub-list for method output_type
+	2,  // [2:8] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -801,7 +890,7 @@ func file_streamhouse_v1_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_cluster_proto_rawDesc), len(file_streamhouse_v1_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

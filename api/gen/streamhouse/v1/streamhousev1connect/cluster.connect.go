@@ -43,6 +43,8 @@ const (
 	// ClusterServiceDrainAgentProcedure is the fully-qualified name of the ClusterService's DrainAgent
 	// RPC.
 	ClusterServiceDrainAgentProcedure = "/streamhouse.v1.ClusterService/DrainAgent"
+	// ClusterServiceSnapshotProcedure is the fully-qualified name of the ClusterService's Snapshot RPC.
+	ClusterServiceSnapshotProcedure = "/streamhouse.v1.ClusterService/Snapshot"
 	// ClusterServiceReleasePartitionProcedure is the fully-qualified name of the ClusterService's
 	// ReleasePartition RPC.
 	ClusterServiceReleasePartitionProcedure = "/streamhouse.v1.ClusterService/ReleasePartition"
@@ -60,6 +62,8 @@ type ClusterServiceClient interface {
 	// DrainAgent marks an agent draining (or, with undrain, not): it uploads
 	// what it holds, gives up its partitions, and gets no new ones.
 	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// Snapshot makes the leader write a Raft snapshot now and compact its log.
+	Snapshot(context.Context, *connect.Request[v1.SnapshotRequest]) (*connect.Response[v1.SnapshotResponse], error)
 	// ReleasePartition takes a partition's lease away from its holder now;
 	// the next holder gets a new epoch, so the old one is fenced.
 	ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error)
@@ -101,6 +105,12 @@ func NewClusterServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithSchema(clusterServiceMethods.ByName("DrainAgent")),
 			connect.WithClientOptions(opts...),
 		),
+		snapshot: connect.NewClient[v1.SnapshotRequest, v1.SnapshotResponse](
+			httpClient,
+			baseURL+ClusterServiceSnapshotProcedure,
+			connect.WithSchema(clusterServiceMethods.ByName("Snapshot")),
+			connect.WithClientOptions(opts...),
+		),
 		releasePartition: connect.NewClient[v1.ReleasePartitionRequest, v1.ReleasePartitionResponse](
 			httpClient,
 			baseURL+ClusterServiceReleasePartitionProcedure,
@@ -116,6 +126,7 @@ type clusterServiceClient struct {
 	addVoter         *connect.Client[v1.AddVoterRequest, v1.AddVoterResponse]
 	removeVoter      *connect.Client[v1.RemoveVoterRequest, v1.RemoveVoterResponse]
 	drainAgent       *connect.Client[v1.DrainAgentRequest, v1.DrainAgentResponse]
+	snapshot         *connect.Client[v1.SnapshotRequest, v1.SnapshotResponse]
 	releasePartition *connect.Client[v1.ReleasePartitionRequest, v1.ReleasePartitionResponse]
 }
 
@@ -139,6 +150,11 @@ func (c *clusterServiceClient) DrainAgent(ctx context.Context, req *connect.Requ
 	return c.drainAgent.CallUnary(ctx, req)
 }
 
+// Snapshot calls streamhouse.v1.ClusterService.Snapshot.
+func (c *clusterServiceClient) Snapshot(ctx context.Context, req *connect.Request[v1.SnapshotRequest]) (*connect.Response[v1.SnapshotResponse], error) {
+	return c.snapshot.CallUnary(ctx, req)
+}
+
 // ReleasePartition calls streamhouse.v1.ClusterService.ReleasePartition.
 func (c *clusterServiceClient) ReleasePartition(ctx context.Context, req *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error) {
 	return c.releasePartition.CallUnary(ctx, req)
@@ -156,6 +172,8 @@ type ClusterServiceHandler interface {
 	// DrainAgent marks an agent draining (or, with undrain, not): it uploads
 	// what it holds, gives up its partitions, and gets no new ones.
 	DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error)
+	// Snapshot makes the leader write a Raft snapshot now and compact its log.
+	Snapshot(context.Context, *connect.Request[v1.SnapshotRequest]) (*connect.Response[v1.SnapshotResponse], error)
 	// ReleasePartition takes a partition's lease away from its holder now;
 	// the next holder gets a new epoch, so the old one is fenced.
 	ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error)
@@ -193,6 +211,12 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 		connect.WithSchema(clusterServiceMethods.ByName("DrainAgent")),
 		connect.WithHandlerOptions(opts...),
 	)
+	clusterServiceSnapshotHandler := connect.NewUnaryHandler(
+		ClusterServiceSnapshotProcedure,
+		svc.Snapshot,
+		connect.WithSchema(clusterServiceMethods.ByName("Snapshot")),
+		connect.WithHandlerOptions(opts...),
+	)
 	clusterServiceReleasePartitionHandler := connect.NewUnaryHandler(
 		ClusterServiceReleasePartitionProcedure,
 		svc.ReleasePartition,
@@ -209,6 +233,8 @@ func NewClusterServiceHandler(svc ClusterServiceHandler, opts ...connect.Handler
 			clusterServiceRemoveVoterHandler.ServeHTTP(w, r)
 		case ClusterServiceDrainAgentProcedure:
 			clusterServiceDrainAgentHandler.ServeHTTP(w, r)
+		case ClusterServiceSnapshotProcedure:
+			clusterServiceSnapshotHandler.ServeHTTP(w, r)
 		case ClusterServiceReleasePartitionProcedure:
 			clusterServiceReleasePartitionHandler.ServeHTTP(w, r)
 		default:
@@ -234,6 +260,10 @@ func (UnimplementedClusterServiceHandler) RemoveVoter(context.Context, *connect.
 
 func (UnimplementedClusterServiceHandler) DrainAgent(context.Context, *connect.Request[v1.DrainAgentRequest]) (*connect.Response[v1.DrainAgentResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ClusterService.DrainAgent is not implemented"))
+}
+
+func (UnimplementedClusterServiceHandler) Snapshot(context.Context, *connect.Request[v1.SnapshotRequest]) (*connect.Response[v1.SnapshotResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ClusterService.Snapshot is not implemented"))
 }
 
 func (UnimplementedClusterServiceHandler) ReleasePartition(context.Context, *connect.Request[v1.ReleasePartitionRequest]) (*connect.Response[v1.ReleasePartitionResponse], error) {
