@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -10,7 +11,7 @@ import (
 func newClusterStatusCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "status",
-		Short: "Show the voters, the leader, Raft's term and indexes, and the agents",
+		Short: "Show the voters, the leader, Raft's term and indexes, the agents and the gateways",
 		Long: `Show the controller cluster as the controller that answers sees it: each
 voter (the leader marked with *), Raft's term, commit and applied index, and
 each agent with the partitions it holds, the age of its last heartbeat (as
@@ -45,7 +46,15 @@ the leader's memory has it; "-" when unknown) and whether it is draining.`,
 				return err
 			}
 			fmt.Fprintln(w)
-			return printAgents(w, st.GetAgents())
+			if err := printAgents(w, st.GetAgents()); err != nil {
+				return err
+			}
+			if gws := st.GetGateways(); len(gws) > 0 {
+				fmt.Fprintf(w, "\ngateways:    %s\n", strings.Join(gws, ", "))
+			} else {
+				fmt.Fprintf(w, "\ngateways:    (none known; gateways announce themselves through gossip)\n")
+			}
+			return nil
 		},
 	}
 }
