@@ -140,20 +140,7 @@ func leaderOf(ms []*member) *member {
 // follower, survives the loss of its leader (measuring the time to a new
 // one), and adds and removes voters.
 func TestThreeVoterCluster(t *testing.T) {
-	ms := []*member{newMember(t, "c1"), newMember(t, "c2"), newMember(t, "c3")}
-	var peers []Peer
-	for _, m := range ms {
-		peers = append(peers, Peer{ID: m.id, RaftAddress: m.raftLn.Addr().String()})
-	}
-	for _, m := range ms {
-		m.start(t, peers)
-	}
-	t.Cleanup(func() {
-		for _, m := range ms {
-			m.stop()
-			m.srv.Close()
-		}
-	})
+	ms, peers := startThree(t)
 	waitFor(t, 10*time.Second, "a leader whose address followers know", func() bool {
 		l := leaderOf(ms)
 		if l == nil {
@@ -251,3 +238,23 @@ func TestThreeVoterCluster(t *testing.T) {
 type nopWriter struct{}
 
 func (nopWriter) Write(b []byte) (int, error) { return len(b), nil }
+
+// startThree starts a three-voter cluster of members, stopped at the end of
+// the test, and returns them with the initial cluster.
+func startThree(t *testing.T) ([]*member, []Peer) {
+	ms := []*member{newMember(t, "c1"), newMember(t, "c2"), newMember(t, "c3")}
+	var peers []Peer
+	for _, m := range ms {
+		peers = append(peers, Peer{ID: m.id, RaftAddress: m.raftLn.Addr().String()})
+	}
+	for _, m := range ms {
+		m.start(t, peers)
+	}
+	t.Cleanup(func() {
+		for _, m := range ms {
+			m.stop()
+			m.srv.Close()
+		}
+	})
+	return ms, peers
+}

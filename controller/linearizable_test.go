@@ -59,20 +59,7 @@ var committedEndModel = porcupine.Model{
 // leader). porcupine checks the history is linearizable: contiguity
 // holds and no read sees a stale or future value.
 func TestCommittedEndLinearizable(t *testing.T) {
-	ms := []*member{newMember(t, "c1"), newMember(t, "c2"), newMember(t, "c3")}
-	var peers []Peer
-	for _, m := range ms {
-		peers = append(peers, Peer{ID: m.id, RaftAddress: m.raftLn.Addr().String()})
-	}
-	for _, m := range ms {
-		m.start(t, peers)
-	}
-	t.Cleanup(func() {
-		for _, m := range ms {
-			m.stop()
-			m.srv.Close()
-		}
-	})
+	ms, _ := startThree(t)
 	waitFor(t, 10*time.Second, "a leader known to all", func() bool {
 		l := leaderOf(ms)
 		if l == nil {

@@ -27,20 +27,7 @@ func TestLargeSnapshotRestore(t *testing.T) {
 		t.Skip("set STREAMHOUSE_LARGE_SNAPSHOT=1 to run (about a minute)")
 	}
 	const entries, perCommit, partitions = 1_000_000, 2000, 100
-	ms := []*member{newMember(t, "c1"), newMember(t, "c2"), newMember(t, "c3")}
-	var peers []Peer
-	for _, m := range ms {
-		peers = append(peers, Peer{ID: m.id, RaftAddress: m.raftLn.Addr().String()})
-	}
-	for _, m := range ms {
-		m.start(t, peers)
-	}
-	t.Cleanup(func() {
-		for _, m := range ms {
-			m.stop()
-			m.srv.Close()
-		}
-	})
+	ms, _ := startThree(t)
 	waitFor(t, 10*time.Second, "a leader", func() bool { return leaderOf(ms) != nil })
 	leader := leaderOf(ms)
 	ctx := context.Background()

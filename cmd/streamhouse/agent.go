@@ -91,24 +91,11 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 		return err
 	}
 	defer ln.Close()
-	gossip, err := cfg.Gossip.start(ctx, membership.Member{Name: "agent@" + advertise, Role: membership.RoleAgent, APIAddress: advertise, Zone: cfg.Zone}, log)
+	tr, hc, stop, err := reachControllers(ctx, cfg.Gossip, membership.Member{Name: "agent@" + advertise, Role: membership.RoleAgent, APIAddress: advertise, Zone: cfg.Zone}, cfg.Controllers, log)
 	if err != nil {
 		return err
 	}
-	if gossip != nil {
-		defer gossip.Close()
-	}
-	static := splitList(cfg.Controllers)
-	addrs, err := controllerAddrs(ctx, static, gossip)
-	if err != nil {
-		return err
-	}
-	tr, hc, err := controllerClients(addrs)
-	if err != nil {
-		return usageError{err}
-	}
-	defer tr.CloseIdleConnections()
-	followControllers(ctx, gossip, tr, static)
+	defer stop()
 	store, closeStore, err := cfg.Store.open(ctx, filepath.Join(cfg.DataDir, "objects"))
 	if err != nil {
 		return fmt.Errorf("open object store: %w", err)

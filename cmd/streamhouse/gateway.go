@@ -78,24 +78,11 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 		return err
 	}
 	defer ln.Close()
-	gossip, err := cfg.Gossip.start(ctx, membership.Member{Name: "gateway@" + advertise, Role: membership.RoleGateway, APIAddress: advertise}, log)
+	tr, hc, stop, err := reachControllers(ctx, cfg.Gossip, membership.Member{Name: "gateway@" + advertise, Role: membership.RoleGateway, APIAddress: advertise}, cfg.Controllers, log)
 	if err != nil {
 		return err
 	}
-	if gossip != nil {
-		defer gossip.Close()
-	}
-	static := splitList(cfg.Controllers)
-	addrs, err := controllerAddrs(ctx, static, gossip)
-	if err != nil {
-		return err
-	}
-	tr, hc, err := controllerClients(addrs)
-	if err != nil {
-		return usageError{err}
-	}
-	defer tr.CloseIdleConnections()
-	followControllers(ctx, gossip, tr, static)
+	defer stop()
 	agentTransport := &http.Transport{}
 	agentTransport.Protocols = new(http.Protocols)
 	agentTransport.Protocols.SetUnencryptedHTTP2(true)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"time"
 
 	"github.com/spf13/pflag"
@@ -101,4 +102,33 @@ func controllerAddrs(ctx context.Context, static []string, m *membership.Members
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// reachControllers joins the gossip as self and returns a transport to the
+// controllers (the --controllers list, plus those gossip names, kept
+// current) and an HTTP client over it; stop leaves the gossip and closes
+// idle connections.
+func reachControllers(ctx context.Context, g gossipConfig, self membership.Member, controllers string, log *slog.Logger) (*failover.Transport, *http.Client, func(), error) {
+	gossip, err := g.start(ctx, self, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	leave := func() {
+		if gossip != nil {
+			_ = gossip.Close()
+		}
+	}
+	static := splitList(controllers)
+	addrs, err := controllerAddrs(ctx, static, gossip)
+	if err != nil {
+		leave()
+		return nil, nil, nil, err
+	}
+	tr, hc, err := controllerClients(addrs)
+	if err != nil {
+		leave()
+		return nil, nil, nil, usageError{err}
+	}
+	followControllers(ctx, gossip, tr, static)
+	return tr, hc, func() { tr.CloseIdleConnections(); leave() }, nil
 }
