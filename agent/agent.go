@@ -219,7 +219,11 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	if cfg.NoGuard {
 		cfg.Store = metered
 	}
-	w, err := wal.Open(wal.Options{Dir: filepath.Join(cfg.DataDir, "wal"), NoSync: cfg.NoSync, Logger: log})
+	// Segments of at most an eighth of the budget: sealed segments are
+	// deleted once their data is committed, so the files on disk stay near
+	// the budget even right after the store recovers.
+	segment := min(int64(64<<20), max(cfg.WALBudget/8, 256<<10))
+	w, err := wal.Open(wal.Options{Dir: filepath.Join(cfg.DataDir, "wal"), NoSync: cfg.NoSync, Logger: log, SegmentBytes: segment})
 	if err != nil {
 		return nil, fmt.Errorf("agent: open WAL: %w", err)
 	}
