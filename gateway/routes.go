@@ -2,12 +2,9 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -232,20 +229,10 @@ func (g *Gateway) tryAgent(rt *topicRoutes, p int32, fn func(streamhousev1connec
 		return unavailable("agent %s (%s) for partition %s/%d: %v", r.GetAgentId(), r.GetAddress(), rt.info.GetName(), p, err)
 	}
 	err = fn(client)
-	if err != nil && neverSent(err) {
+	if err != nil && rpcerr.NeverSent(err) {
 		// The agent could not be reached at all: nothing was appended, so
 		// the refusal is safe to retry (the lease moves when it expires).
 		return rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("agent %s at %s for partition %s/%d is unreachable; retry", r.GetAgentId(), r.GetAddress(), rt.info.GetName(), p))
 	}
 	return upstream(err)
-}
-
-// neverSent reports whether err proves a request never reached the agent:
-// the connection could not be made.
-func neverSent(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return true
-	}
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }

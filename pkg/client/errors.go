@@ -4,11 +4,9 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"connectrpc.com/connect"
@@ -71,7 +69,7 @@ const (
 // classifyProduceError applies the retry safety rule of the package
 // documentation. It also returns the server's Retry-After hint, if any.
 func classifyProduceError(err error) (outcome, time.Duration) {
-	if neverSent(err) {
+	if rpcerr.NeverSent(err) {
 		return outcomeRetry, 0
 	}
 	ce, ok := errorsAsConnect(err)
@@ -102,24 +100,10 @@ func classifyProduceError(err error) (outcome, time.Duration) {
 	}
 }
 
-// neverSent reports whether err proves the request never left the process:
-// the connection could not be established.
-func neverSent(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return true
-	}
-	var dnsErr *net.DNSError
-	if errors.As(err, &dnsErr) {
-		return true
-	}
-	var opErr *net.OpError
-	return errors.As(err, &opErr) && opErr.Op == "dial"
-}
-
 // transientReadError reports whether a Fetch error is worth retrying. Fetch
 // has no side effects, so transport failures are retried too.
 func transientReadError(err error) bool {
-	if neverSent(err) {
+	if rpcerr.NeverSent(err) {
 		return true
 	}
 	ce, ok := errorsAsConnect(err)

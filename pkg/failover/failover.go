@@ -8,10 +8,10 @@ package failover
 import (
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"sync"
-	"syscall"
+
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // Transport sends each request to one of Addrs (host:port) over base.
@@ -94,7 +94,7 @@ func (t *Transport) RoundTrip(r *http.Request) (*http.Response, error) {
 			t.mu.Unlock()
 			return resp, nil
 		}
-		if !neverSent(err) {
+		if !rpcerr.NeverSent(err) {
 			return nil, err
 		}
 		errs = append(errs, fmt.Errorf("%s: %w", addrs[idx], err))
@@ -107,13 +107,4 @@ func (t *Transport) CloseIdleConnections() {
 	if c, ok := t.base.(interface{ CloseIdleConnections() }); ok {
 		c.CloseIdleConnections()
 	}
-}
-
-// neverSent reports whether err proves the request did not reach a server.
-func neverSent(err error) bool {
-	if errors.Is(err, syscall.ECONNREFUSED) {
-		return true
-	}
-	var op *net.OpError
-	return errors.As(err, &op) && op.Op == "dial"
 }

@@ -11,6 +11,8 @@ package rpcerr
 
 import (
 	"errors"
+	"net"
+	"syscall"
 
 	"connectrpc.com/connect"
 )
@@ -37,3 +39,18 @@ func IsNotApplied(err error) bool {
 // offset to resume from (the records read at and after it were lost and the
 // offsets now hold other records).
 const TruncatedAtKey = "Streamhouse-Truncated-At"
+
+// NeverSent reports whether err proves a request never reached a server:
+// the connection could not be made (refused, name not resolved, any dial
+// failure). Such a write was not applied and is safe to retry.
+func NeverSent(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	var dnsErr *net.DNSError
+	if errors.As(err, &dnsErr) {
+		return true
+	}
+	var opErr *net.OpError
+	return errors.As(err, &opErr) && opErr.Op == "dial"
+}
