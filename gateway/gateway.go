@@ -131,7 +131,7 @@ func New(cfg Config) (*Gateway, error) {
 // which answers 200 "ok".
 //
 // gRPC needs HTTP/2: serve the handler with TLS, or without TLS with
-// http.Server.Protocols allowing UnencryptedHTTP2 (h2c), as NewHTTPServer does.
+// http.Server.Protocols allowing UnencryptedHTTP2 (h2c).
 func (g *Gateway) Handler() http.Handler {
 	opts := []connect.HandlerOption{connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor())}
 	mux := http.NewServeMux()
@@ -144,18 +144,4 @@ func (g *Gateway) Handler() http.Handler {
 		_, _ = w.Write([]byte("ok"))
 	})
 	return mux
-}
-
-// NewHTTPServer returns an http.Server for addr serving h over HTTP/1.1 and
-// unencrypted HTTP/2 (h2c), which the gRPC protocol needs without TLS.
-func NewHTTPServer(addr string, h http.Handler) *http.Server {
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	return &http.Server{
-		Addr:              addr,
-		Handler:           h,
-		Protocols:         &p,
-		ReadHeaderTimeout: 10 * time.Second,
-	}
 }

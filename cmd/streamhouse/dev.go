@@ -158,31 +158,24 @@ func runDev(ctx context.Context, cfg devConfig) error {
 		return fmt.Errorf("start gateway: %w", err)
 	}
 
-	protocols := new(http.Protocols)
-	protocols.SetHTTP1(true)
-	protocols.SetUnencryptedHTTP2(true)
 	// The gateway's public services, plus the controller's ClusterService so
 	// `shctl cluster status` and friends work against dev too.
 	mux := http.NewServeMux()
 	mux.Handle("/", gw.Handler())
 	mux.Handle(streamhousev1connect.NewClusterServiceHandler(ctrl.Cluster()))
-	srv := &http.Server{Handler: mux, Protocols: protocols, ReadHeaderTimeout: 10 * time.Second}
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	// Tests and scripts read this line to learn the address (--listen :0).
-	fmt.Printf("streamhouse dev listening on http://%s\n", ln.Addr())
+	srv := startServer(ln, mux)
+	announce("dev", ln) // tests and scripts read this line (--listen :0)
 	log.Info("streamhouse dev is ready", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "object_store", cfg.Store.Kind)
 
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down: uploading what the WAL holds, then stopping")
-	case err = <-serveErr:
+	if err = srv.wait(ctx); err != nil {
 		log.Error("gateway server failed", "err", err)
+	} else {
+		log.Info("shutting down: uploading what the WAL holds, then stopping")
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
 	defer cancel()
 	errs := []error{err}
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := srv.shutdown(sctx); err != nil {
 		errs = append(errs, fmt.Errorf("stop gateway: %w", err))
 	}
 	if err := ag.Close(sctx); err != nil {
