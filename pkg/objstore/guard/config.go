@@ -76,8 +76,9 @@ type Breaker struct {
 // rate. On a throttling answer (503 SlowDown, 429) the rate becomes
 // max(MinRate, Decrease * min(rate, PUTs sent over the last second)), at most
 // once per Hold; after every Interval without one it grows by Step, up to
-// Config.Put.Rate. With Decrease d the rate saws between d*N and N under a
-// store that accepts N PUT/s, so it averages about (1+d)/2 * N.
+// Config.Put.Rate, by smaller steps near the store's limit as last seen (see
+// aimd). With Decrease d the rate saws between d*N and N under a store that
+// accepts N PUT/s, so it averages about (1+d)/2 * N.
 type AIMD struct {
 	// Decrease multiplies the rate on throttling. Default 0.9 (the rate then
 	// saws between 0.9 and 1 times the store's limit); 1 disables AIMD.

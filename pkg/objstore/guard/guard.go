@@ -152,6 +152,9 @@ func New(store objstore.Store, cfg Config, clk Clock) *Store {
 	g.rateGauge.Set(cfg.Put.Rate)
 	g.br = newBreaker(cfg.Breaker, clk, func(_, to State) {
 		g.stateGauge.Set(float64(to))
+		if to == Closed {
+			g.aimd.forgetLimit()
+		}
 		metrics.GetOrCreateCounter(fmt.Sprintf(`%s_s3_breaker_transitions_total{to=%q}`, g.prefix, to)).Inc()
 	})
 	g.aimd = newAIMD(cfg.AIMD, g.buckets[OpPut], clk, g.rateGauge.Set)

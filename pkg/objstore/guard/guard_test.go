@@ -562,10 +562,13 @@ func TestAIMD(t *testing.T) {
 		}
 		return nil
 	})
-	// 100 PUTs sent within the last second: the cut starts from 100/s, not
+	// 100 PUTs sent over the last second: the cut starts from 100/s, not
 	// the 1000/s allowed.
+	_ = g.PutIfAbsent(ctx, "first", nil)
+	clk.Advance(2 * time.Second) // past the start-up second
 	for i := range 100 {
 		_ = g.PutIfAbsent(ctx, key(i), nil)
+		clk.Advance(9 * time.Millisecond)
 	}
 	throttle.Store(true)
 	_ = g.PutIfAbsent(ctx, "t1", nil)
@@ -588,16 +591,19 @@ func TestAIMD(t *testing.T) {
 		clk.Advance(time.Second)
 		_ = g.PutIfAbsent(ctx, key(1000+i), nil)
 	}
-	// The store last throttled at about the floor (10/s): recovery probes in
-	// steps of 5 % of that (at least 1/s), not the configured 5/s.
-	if r := g.Stats().PutRate; r != 14 {
-		t.Fatalf("rate after 4 good intervals = %v, want 10+4*1", r)
+	// The store last throttled while 5 PUT/s were sent (one per 200 ms), so
+	// its limit looked like 5/s: probing from the floor of 10/s goes in
+	// steps of 5 % of that (0.25/s) until the rate passes 1.25 times the
+	// estimate, which it already has: the estimate is dropped and the
+	// configured step (5/s) applies.
+	if r := g.Stats().PutRate; r != 30 {
+		t.Fatalf("rate after 4 good intervals = %v, want 10+4*5", r)
 	}
 	// The PUT bucket really runs at the AIMD rate: its burst shrank with it
-	// (1000 * 14/1000 = 14 tokens), then each token takes 1/15 s (one more
+	// (1000 * 30/1000 = 30 tokens), then each token takes 1/35 s (one more
 	// increase on the first success).
 	clk.Advance(10 * time.Second) // fill
-	for i := range 14 {
+	for i := range 30 {
 		if err := g.PutIfAbsent(ctx, key(2000+i), nil); err != nil {
 			t.Fatal(err)
 		}
@@ -607,8 +613,8 @@ func TestAIMD(t *testing.T) {
 	}
 	done := async(func() error { return g.PutIfAbsent(ctx, "after-burst", nil) })
 	clk.BlockUntil(ctxT(t), 1)
-	if d, _ := clk.NextDue(); d < 60*time.Millisecond || d > 72*time.Millisecond {
-		t.Fatalf("next token in %v, want about 1/15 s", d)
+	if d, _ := clk.NextDue(); d < 25*time.Millisecond || d > 32*time.Millisecond {
+		t.Fatalf("next token in %v, want about 1/35 s", d)
 	}
 	if err := drive(t, clk, done); err != nil {
 		t.Fatal(err)
