@@ -212,8 +212,9 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	log := cfg.Logger.With("component", "agent", "agent_id", cfg.ID)
 	// Metered inside the guard: the counters see every real request,
-	// retries included (what the S3 bill counts).
-	metered := objstore.Metered(cfg.Store, "streamhouse_agent")
+	// retries included (what the S3 bill counts). Traced innermost, for
+	// the same reason: one span per real request (the S3 PUT of a flush).
+	metered := objstore.Metered(objstore.Traced(cfg.Store), "streamhouse_agent")
 	g := guard.New(metered, cfg.Guard, nil)
 	cfg.Store = g
 	if cfg.NoGuard {

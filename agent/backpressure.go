@@ -32,8 +32,11 @@ func (a *Agent) backpressureLoop() {
 			return
 		case <-t.C:
 		}
-		un := a.wal.Stats().UncommittedBytes
+		st := a.wal.Stats()
+		un := st.UncommittedBytes
 		metrics.GetOrCreateGauge("streamhouse_agent_wal_uncommitted_bytes", nil).Set(float64(un))
+		metrics.GetOrCreateGauge("streamhouse_agent_wal_disk_bytes", nil).Set(float64(st.RetainedBytes))
+		metrics.GetOrCreateGauge("streamhouse_agent_wal_budget_bytes", nil).Set(float64(a.cfg.WALBudget))
 		on := a.backpressure.Load()
 		switch {
 		case !on && un > high:

@@ -33,6 +33,9 @@ type partition struct {
 	epochStart int64
 	err        error         // set when the partition is lost; waiters get it
 	changed    chan struct{} // closed and replaced when walEnd, committedEnd or err change
+	// flushWaiters are sampled durable appends waiting for a flush; the
+	// flush that carries them joins their traces (see trace.go).
+	flushWaiters []flushWaiter
 }
 
 func newPartition(key partKey, l *v1.Lease, walEnd int64) *partition {

@@ -96,7 +96,8 @@ func (a *Agent) readObjects(ctx context.Context, p *partition, out []byte, next,
 			}
 			if err != nil {
 				a.cache.remove(sectionKey(sec))
-				a.log.Error("corrupt batch in object", "object", sec.GetObjectKey(), "partition", p.key.String(), "offset", next, "err", err)
+				noteObjectCorruption()
+				a.log.ErrorContext(ctx, "corrupt batch in object", "object", sec.GetObjectKey(), "partition", p.key.String(), "offset", next, "err", err)
 				return out, next, connect.NewError(connect.CodeDataLoss, fmt.Errorf("partition %s: object %s is corrupt near offset %d: %w", p.key, sec.GetObjectKey(), next, err))
 			}
 			data, expect = rest, meta.EndOffset()

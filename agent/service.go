@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
@@ -98,6 +101,10 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 		a.closeMu.RUnlock()
 		return nil, err
 	}
+	// The span of the request (the agent's server span, or the gateway's
+	// in `streamhouse dev`): a flush that carries this batch joins its trace.
+	reqSpan := trace.SpanContextFromContext(ctx)
+	walCtx, walSpan := tracer.Start(ctx, "agent.wal_append")
 	// Assign offsets and enqueue under appendMu: the partition's frames
 	// reach the WAL in offset order.
 	p.appendMu.Lock()
@@ -107,25 +114,38 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	if perr != nil {
 		p.appendMu.Unlock()
 		a.closeMu.RUnlock()
+		walSpan.End()
 		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
 	}
 	base := p.nextOffset
 	end := base + int64(meta.NumRecords)
 	batch.SetBaseOffset(b, base)
 	batch.SetPartitionLeaderEpoch(b, int32(epoch))
+	if acks == v1.Acks_ACKS_DURABLE {
+		p.addFlushWaiter(reqSpan, end)
+	}
 	pend := a.wal.Append(wal.Entry{Topic: p.key.topic, Partition: p.key.partition, BaseOffset: base, EndOffset: end, MaxTimestampMs: meta.MaxTimestamp, Data: b})
 	p.nextOffset = end
 	p.appendMu.Unlock()
 
-	_, err = pend.Wait(ctx)
+	_, err = pend.Wait(walCtx)
 	a.closeMu.RUnlock()
+	if walSpan.IsRecording() {
+		walSpan.SetAttributes(attribute.String("streamhouse.partition", p.key.String()),
+			attribute.Int64("streamhouse.base_offset", base), attribute.Int("streamhouse.records", int(meta.NumRecords)),
+			attribute.Int("streamhouse.bytes", len(b)))
+		if err != nil {
+			walSpan.SetStatus(codes.Error, err.Error())
+		}
+	}
+	walSpan.End()
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, connect.NewError(connect.CodeCanceled, fmt.Errorf("partition %s: gave up waiting for the WAL fsync; the records may or may not be written: %w", p.key, err))
 		}
 		// The WAL is dead (fsync errors are not retryable): offsets from
 		// base on were never made durable, so this agent must stop serving.
-		a.log.Error("WAL append failed; the agent cannot accept writes", "partition", p.key.String(), "err", err)
+		a.log.ErrorContext(ctx, "WAL append failed; the agent cannot accept writes", "partition", p.key.String(), "err", err)
 		p.fail(fmt.Errorf("WAL failed: %w", err))
 		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("partition %s: WAL write failed: %w", p.key, err))
 	}
@@ -135,7 +155,14 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	a.noteUnuploaded(len(b))
 
 	if acks == v1.Acks_ACKS_DURABLE {
-		err := p.waitFor(ctx, func() bool { return p.committedEnd >= end })
+		// Waits for the uploader's flush (agent.flush, in this trace when
+		// this request's span was the one the flush picked as parent).
+		wctx, waitSpan := tracer.Start(ctx, "agent.commit_wait")
+		err := p.waitFor(wctx, func() bool { return p.committedEnd >= end })
+		if err != nil && waitSpan.IsRecording() {
+			waitSpan.SetStatus(codes.Error, err.Error())
+		}
+		waitSpan.End()
 		if err != nil {
 			code := connect.CodeAborted
 			if ctx.Err() != nil {

@@ -12,6 +12,9 @@ import (
 
 	"connectrpc.com/connect"
 	"github.com/oklog/ulid/v2"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/objfile"
@@ -146,11 +149,52 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 	if len(plans) == 0 {
 		return 0, nil
 	}
+	ctx, span := a.startFlushSpan(ctx, plans)
+	n, err := a.upload(ctx, b, plans)
+	if err != nil && span.IsRecording() {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+	return n, err
+}
+
+// startFlushSpan starts the agent.flush span. A flush is shared by many
+// appends, so it cannot be a child of all of them: its parent is the first
+// sampled acks=durable append it carries, and the others (up to
+// maxFlushLinks) are span links. A flush carrying no sampled durable append
+// is a new trace, sampled at the process's ratio.
+func (a *Agent) startFlushSpan(ctx context.Context, plans []uploadPlan) (context.Context, trace.Span) {
+	var waiters []trace.SpanContext
+	for _, pl := range plans {
+		waiters = pl.p.takeFlushWaiters(pl.end, waiters)
+	}
+	var opts []trace.SpanStartOption
+	if len(waiters) > 0 {
+		ctx = trace.ContextWithSpanContext(ctx, waiters[0])
+		links := make([]trace.Link, 0, min(len(waiters)-1, maxFlushLinks))
+		for _, sc := range waiters[1:min(len(waiters), maxFlushLinks+1)] {
+			links = append(links, trace.Link{SpanContext: sc})
+		}
+		opts = append(opts, trace.WithLinks(links...))
+	}
+	ctx, span := tracer.Start(ctx, "agent.flush", opts...)
+	if span.IsRecording() {
+		span.SetAttributes(attribute.Int("streamhouse.partitions", len(plans)), attribute.Int("streamhouse.waiters", len(waiters)))
+	}
+	return ctx, span
+}
+
+// upload builds the object of the planned sections, PUTs it, commits it to
+// the controller, and applies the commit's answer per partition.
+func (a *Agent) upload(ctx context.Context, b *objfile.Builder, plans []uploadPlan) (int, error) {
 	obj, sections, err := b.Finish()
 	if err != nil {
 		return 0, fmt.Errorf("build object: %w", err)
 	}
 	key := a.objectKey(time.Now())
+	if span := trace.SpanFromContext(ctx); span.IsRecording() {
+		span.SetAttributes(attribute.String("objstore.key", key), attribute.Int("streamhouse.bytes", len(obj)))
+	}
 	start := time.Now()
 	if err := a.put(ctx, key, obj); err != nil {
 		return 0, err
@@ -181,7 +225,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 			pl.p.mu.Unlock()
 			pl.p.advanceCommitted(r.GetCommittedEndOffset())
 			if err := a.wal.SetCommitted(pl.p.key.topic, pl.p.key.partition, pl.end); err != nil {
-				a.log.Error("mark committed in WAL", "partition", pl.p.key.String(), "err", err)
+				a.log.ErrorContext(ctx, "mark committed in WAL", "partition", pl.p.key.String(), "err", err)
 			}
 			uploaded += int(sections[i].Length)
 		case r.GetFenced():
@@ -191,7 +235,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 			}
 			a.mu.Unlock()
 		default:
-			a.log.Error("commit rejected", "partition", pl.p.key.String(), "object", key, "reason", r.GetError())
+			a.log.ErrorContext(ctx, "commit rejected", "partition", pl.p.key.String(), "object", key, "reason", r.GetError())
 			pl.p.mu.Lock()
 			if r.GetCommittedEndOffset() < pl.p.uploadedEnd {
 				pl.p.uploadedEnd = r.GetCommittedEndOffset() // upload again from the committed end

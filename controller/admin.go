@@ -149,11 +149,11 @@ func (a adminService) CreateTopic(ctx context.Context, req *connect.Request[v1.C
 	if info == nil {
 		return nil, connect.NewError(connect.CodeAborted, fmt.Errorf("topic %q was deleted while it was being created", req.Msg.GetName()))
 	}
-	a.n.log.Info("created topic", "topic", info.Name, "partitions", info.Partitions, "durability", info.Durability.String())
+	a.n.log.InfoContext(ctx, "created topic", "topic", info.Name, "partitions", info.Partitions, "durability", info.Durability.String())
 	// Hand the new partitions to live agents now rather than at their next
 	// heartbeat, so a produce right after CreateTopic finds a holder.
 	if err := a.n.assignFree(ctx); err != nil {
-		a.n.log.Warn("assign new partitions; agents pick them up at their next heartbeat", "err", err)
+		a.n.log.WarnContext(ctx, "assign new partitions; agents pick them up at their next heartbeat", "err", err)
 	}
 	return connect.NewResponse(&v1.CreateTopicResponse{Topic: info}), nil
 }
@@ -169,7 +169,7 @@ func (a adminService) DeleteTopic(ctx context.Context, req *connect.Request[v1.D
 	if err != nil {
 		return nil, applyError("delete topic", err)
 	}
-	a.n.log.Info("deleted topic", "topic", req.Msg.GetName())
+	a.n.log.InfoContext(ctx, "deleted topic", "topic", req.Msg.GetName())
 	return connect.NewResponse(&v1.DeleteTopicResponse{}), nil
 }
 
@@ -209,7 +209,7 @@ func (a adminService) AlterTopic(ctx context.Context, req *connect.Request[v1.Al
 	if info == nil {
 		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q was deleted", m.GetName()))
 	}
-	a.n.log.Info("altered topic", "topic", m.GetName())
+	a.n.log.InfoContext(ctx, "altered topic", "topic", m.GetName())
 	return connect.NewResponse(&v1.AlterTopicResponse{Topic: info}), nil
 }
 

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/attribute"
 
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
@@ -42,6 +43,7 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	now := n.cfg.Now()
 	n.mu.Lock()
 	n.live[m.GetAgentId()] = now
+	n.seen[m.GetAgentId()] = now
 	for _, p := range m.GetProgress() {
 		n.progress[partKey{p.GetTopic(), p.GetPartition()}] = p.GetWalEndOffset()
 	}
@@ -60,8 +62,10 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 		NowMs: now.UnixMilli(), ExpiresMs: now.Add(n.cfg.LeaseDuration).UnixMilli(),
 	}
 	var unclean []fsm.PartitionRef
+	var grants, expiries int
 	n.fsm.Read(func(s *fsm.State) {
 		grant.Partitions, unclean = planGrants(s, m.GetAgentId(), live, grant.NowMs, n.cfg.WALHandoffTimeout.Milliseconds())
+		grants, expiries = countLeaseChanges(s, &grant)
 	})
 	n.reportUnclean(unclean, m.GetAgentId())
 	res, err := n.apply(ctx, fsm.GrantLeasesType, grant)
@@ -71,6 +75,8 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	if err != nil {
 		return nil, applyError("grant leases", err)
 	}
+	leaseGrants.Add(grants)
+	leaseExpiries.Add(expiries)
 	out := &v1.HeartbeatResponse{LeaseDurationMs: n.cfg.LeaseDuration.Milliseconds()}
 	n.fsm.Read(func(s *fsm.State) {
 		if ag, ok := s.Agents[m.GetAgentId()]; ok {
@@ -134,6 +140,7 @@ func (n *Node) assignFree(ctx context.Context) error {
 	sort.Strings(ids)
 	for _, id := range ids {
 		var grant *fsm.GrantLeases
+		var grants, expiries int
 		n.fsm.Read(func(s *fsm.State) {
 			ag, ok := s.Agents[id]
 			if !ok {
@@ -150,6 +157,7 @@ func (n *Node) assignFree(ctx context.Context) error {
 			}
 			if len(g.Partitions) > 0 {
 				grant = &g
+				grants, expiries = countLeaseChanges(s, grant)
 			}
 		})
 		if grant == nil {
@@ -158,6 +166,8 @@ func (n *Node) assignFree(ctx context.Context) error {
 		if _, err := n.apply(ctx, fsm.GrantLeasesType, *grant); err != nil {
 			return err
 		}
+		leaseGrants.Add(grants)
+		leaseExpiries.Add(expiries)
 	}
 	return nil
 }
@@ -245,8 +255,14 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs, walHand
 	return refs, unclean
 }
 
-func (c controllerService) CommitObject(ctx context.Context, req *connect.Request[v1.CommitObjectRequest]) (*connect.Response[v1.CommitObjectResponse], error) {
+func (c controllerService) CommitObject(ctx context.Context, req *connect.Request[v1.CommitObjectRequest]) (_ *connect.Response[v1.CommitObjectResponse], err error) {
 	m := req.Msg
+	ctx, span := tracer.Start(ctx, "controller.commit_object")
+	defer func() { endSpan(span, err) }()
+	if span.IsRecording() {
+		span.SetAttributes(attribute.String("streamhouse.agent", m.GetAgentId()), attribute.String("objstore.key", m.GetObjectKey()),
+			attribute.Int("streamhouse.sections", len(m.GetSections())))
+	}
 	if m.GetAgentId() == "" || m.GetObjectKey() == "" || len(m.GetSections()) == 0 {
 		return nil, invalid("commit needs agent_id, object_key and at least one section")
 	}
@@ -275,7 +291,7 @@ func (c controllerService) CommitObject(ctx context.Context, req *connect.Reques
 	for i, r := range results {
 		if r.Fenced {
 			fencedSections.Inc()
-			c.n.log.Warn("commit fenced: stale lease epoch", "agent", m.GetAgentId(), "topic", m.GetSections()[i].GetTopic(),
+			c.n.log.WarnContext(ctx, "commit fenced: stale lease epoch", "agent", m.GetAgentId(), "topic", m.GetSections()[i].GetTopic(),
 				"partition", m.GetSections()[i].GetPartition(), "epoch", m.GetSections()[i].GetEpoch(), "reason", r.Error)
 		}
 		s := m.GetSections()[i]
@@ -354,11 +370,12 @@ func (c controllerService) ReleaseLeases(ctx context.Context, req *connect.Reque
 	c.n.mu.Lock()
 	if len(m.GetPartitions()) == 0 {
 		delete(c.n.live, m.GetAgentId()) // it is leaving: give it nothing more
+		delete(c.n.seen, m.GetAgentId()) // and do not report its heartbeats missing
 	}
 	c.n.mu.Unlock()
-	c.n.log.Info("agent released its leases", "agent", m.GetAgentId(), "released", released)
+	c.n.log.InfoContext(ctx, "agent released its leases", "agent", m.GetAgentId(), "released", released)
 	if err := c.n.assignFree(ctx); err != nil {
-		c.n.log.Warn("hand released partitions to other agents; they take them at their next heartbeat", "err", err)
+		c.n.log.WarnContext(ctx, "hand released partitions to other agents; they take them at their next heartbeat", "err", err)
 	}
 	return connect.NewResponse(&v1.ReleaseLeasesResponse{Released: int32(released)}), nil
 }

@@ -96,7 +96,7 @@ func (c clusterService) AddVoter(ctx context.Context, req *connect.Request[v1.Ad
 			return nil, applyError("record controller address", err)
 		}
 	}
-	c.n.log.Info("added voter", "id", m.GetId(), "raft_address", m.GetRaftAddress())
+	c.n.log.InfoContext(ctx, "added voter", "id", m.GetId(), "raft_address", m.GetRaftAddress())
 	return connect.NewResponse(&v1.AddVoterResponse{}), nil
 }
 
@@ -120,9 +120,9 @@ func (c clusterService) RemoveVoter(ctx context.Context, req *connect.Request[v1
 		return nil, raftError("remove voter", err)
 	}
 	if _, err := c.n.apply(ctx, fsm.SetControllerType, fsm.SetController{ID: id}); err != nil {
-		c.n.log.Warn("forget removed controller's address", "id", id, "err", err)
+		c.n.log.WarnContext(ctx, "forget removed controller's address", "id", id, "err", err)
 	}
-	c.n.log.Info("removed voter", "id", id)
+	c.n.log.InfoContext(ctx, "removed voter", "id", id)
 	return connect.NewResponse(&v1.RemoveVoterResponse{}), nil
 }
 
@@ -148,7 +148,7 @@ func (c clusterService) DrainAgent(ctx context.Context, req *connect.Request[v1.
 	if err != nil {
 		return nil, applyError("drain agent", err)
 	}
-	c.n.log.Info("agent drain changed", "agent", id, "draining", !req.Msg.GetUndrain())
+	c.n.log.InfoContext(ctx, "agent drain changed", "agent", id, "draining", !req.Msg.GetUndrain())
 	return connect.NewResponse(&v1.DrainAgentResponse{}), nil
 }
 
@@ -167,9 +167,9 @@ func (c clusterService) ReleasePartition(ctx context.Context, req *connect.Reque
 		return nil, applyError("release partition", err)
 	}
 	prev, _ := res.(string)
-	c.n.log.Warn("lease released by an operator", "topic", m.GetTopic(), "partition", m.GetPartition(), "previous_holder", prev)
+	c.n.log.WarnContext(ctx, "lease released by an operator", "topic", m.GetTopic(), "partition", m.GetPartition(), "previous_holder", prev)
 	if err := c.n.assignFree(ctx); err != nil {
-		c.n.log.Warn("hand the partition to an agent; it is taken at the next heartbeat", "err", err)
+		c.n.log.WarnContext(ctx, "hand the partition to an agent; it is taken at the next heartbeat", "err", err)
 	}
 	return connect.NewResponse(&v1.ReleasePartitionResponse{PreviousHolder: prev}), nil
 }

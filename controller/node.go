@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftwal "github.com/hashicorp/raft-wal"
@@ -65,6 +66,18 @@ type Config struct {
 	// RaftListener, when set, is used for Raft instead of binding
 	// RaftAddress (tests bind port 0 first to learn the address).
 	RaftListener net.Listener
+
+	// GroupHeartbeatInterval is how often consumer group members are told
+	// to heartbeat. Default 3s.
+	GroupHeartbeatInterval time.Duration
+	// GroupSessionTimeout evicts a group member silent for longer, unless
+	// it asks for another. Default 45s; at least twice the interval.
+	GroupSessionTimeout time.Duration
+	// GroupMaxSessionTimeout bounds what members may ask for. Default 30m.
+	GroupMaxSessionTimeout time.Duration
+	// MetricsPartitionLag exports per-partition group lag series
+	// (streamhouse_controller_group_partition_lag_records).
+	MetricsPartitionLag bool
 }
 
 // clustered reports whether the node runs Raft over TCP (a cluster) rather
@@ -99,6 +112,9 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if err := c.groupDefaults(); err != nil {
+		return err
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
@@ -122,6 +138,14 @@ type Node struct {
 	mu       sync.Mutex
 	progress map[partKey]int64
 	live     map[string]time.Time // agent id -> last heartbeat
+	// seen is live without the pruning: agent id -> last heartbeat, kept
+	// until the agent releases its leases, for the heartbeat-age metric.
+	seen map[string]time.Time
+
+	metrics  *metrics.Set   // per-node gauges (registerNodeMetrics)
+	observer *raft.Observer // counts leader changes
+
+	groups *groupCoord // consumer group coordinator (group_service.go)
 
 	closeOnce sync.Once
 	closeErr  error
@@ -139,13 +163,17 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "controller", "node", cfg.NodeID), fsm: fsm.New(),
-		progress: map[partKey]int64{}, live: map[string]time.Time{}, stop: make(chan struct{})}
+		progress: map[partKey]int64{}, live: map[string]time.Time{}, seen: map[string]time.Time{}, stop: make(chan struct{})}
 	if err := n.startRaft(); err != nil {
 		n.Close()
 		return nil, err
 	}
+	n.registerNodeMetrics()
 	n.wg.Add(1)
 	go n.watchLeadership()
+	n.groups = newGroupCoord(n)
+	n.wg.Add(1)
+	go n.groups.run()
 	if !n.clustered() {
 		if err := n.waitLeader(ctx); err != nil {
 			n.Close()
@@ -173,6 +201,7 @@ func (n *Node) watchLeadership() {
 				continue
 			}
 			n.log.Info("became the Raft leader")
+			n.resetHeartbeats()
 			if err := n.raft.Barrier(10 * time.Second).Error(); err != nil {
 				n.log.Warn("barrier after election", "err", err)
 				continue
@@ -314,8 +343,13 @@ func (n *Node) apply(ctx context.Context, t fsm.MessageType, cmd any) (any, erro
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
+	start := time.Now()
+	span := startApplySpan(ctx, t, len(data))
 	f := n.raft.Apply(data, timeout)
-	if err := f.Error(); err != nil {
+	err = f.Error()
+	endSpan(span, err)
+	applyDuration.UpdateDuration(start)
+	if err != nil {
 		if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 			return nil, fmt.Errorf("%w: %v", errNotLeader, err)
 		}
@@ -337,6 +371,7 @@ func (n *Node) Close() error {
 			close(n.stop)
 		}
 		if n.raft != nil {
+			n.unregisterNodeMetrics()
 			errs = append(errs, n.raft.Shutdown().Error())
 		}
 		n.wg.Wait()

@@ -23,7 +23,7 @@ func (a adminService) CreateTopic(ctx context.Context, req *connect.Request[v1.C
 	if p := m.GetPartitions(); p < 1 || p > maxPartitions {
 		return nil, invalid("partitions must be between 1 and %d, got %d", maxPartitions, p)
 	}
-	a.g.log.Debug("create topic", "topic", m.GetName(), "partitions", m.GetPartitions())
+	a.g.log.DebugContext(ctx, "create topic", "topic", m.GetName(), "partitions", m.GetPartitions())
 	res, err := a.g.cfg.Admin.CreateTopic(ctx, connect.NewRequest(m))
 	if err != nil {
 		return nil, upstream(err)
@@ -35,7 +35,7 @@ func (a adminService) DeleteTopic(ctx context.Context, req *connect.Request[v1.D
 	if err := validateTopic(req.Msg.GetName()); err != nil {
 		return nil, err
 	}
-	a.g.log.Debug("delete topic", "topic", req.Msg.GetName())
+	a.g.log.DebugContext(ctx, "delete topic", "topic", req.Msg.GetName())
 	res, err := a.g.cfg.Admin.DeleteTopic(ctx, connect.NewRequest(req.Msg))
 	if err != nil {
 		return nil, upstream(err)

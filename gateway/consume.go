@@ -54,7 +54,7 @@ func (s consumeService) Fetch(ctx context.Context, req *connect.Request[v1.Fetch
 	}
 	rr, err := g.read(ctx, rt, m.GetPartition(), m.GetOffset(), maxBytes, m.GetMaxWaitMs(), m.GetLastEpoch())
 	if err != nil {
-		g.log.Debug("fetch failed", "topic", m.GetTopic(), "partition", m.GetPartition(), "offset", m.GetOffset(), "err", err)
+		g.log.DebugContext(ctx, "fetch failed", "topic", m.GetTopic(), "partition", m.GetPartition(), "offset", m.GetOffset(), "err", err)
 		return nil, err
 	}
 	out := &v1.FetchResponse{
@@ -70,7 +70,7 @@ func (s consumeService) Fetch(ctx context.Context, req *connect.Request[v1.Fetch
 			return nil, err
 		}
 	}
-	g.log.Debug("fetch", "topic", m.GetTopic(), "partition", m.GetPartition(), "offset", m.GetOffset(), "next", out.NextOffset)
+	g.log.DebugContext(ctx, "fetch", "topic", m.GetTopic(), "partition", m.GetPartition(), "offset", m.GetOffset(), "next", out.NextOffset)
 	return connect.NewResponse(out), nil
 }
 
@@ -189,7 +189,7 @@ func (s consumeService) Subscribe(ctx context.Context, req *connect.Request[v1.S
 			return err
 		}
 	}
-	g.log.Debug("subscribe", "topic", topic, "partition", p, "offset", offset)
+	g.log.DebugContext(ctx, "subscribe", "topic", topic, "partition", p, "offset", offset)
 	// Send the response headers now: clients wait for them before the
 	// first record, which may be a long time coming.
 	if err := stream.Send(nil); err != nil {
@@ -199,7 +199,7 @@ func (s consumeService) Subscribe(ctx context.Context, req *connect.Request[v1.S
 	if ctx.Err() != nil {
 		err = nil // the client went away: a normal end
 	}
-	g.log.Debug("subscribe ended", "topic", topic, "partition", p, "err", err)
+	g.log.DebugContext(ctx, "subscribe ended", "topic", topic, "partition", p, "err", err)
 	return err
 }
 

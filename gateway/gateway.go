@@ -21,6 +21,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -69,9 +70,17 @@ type Config struct {
 	// of asking GetRoutes when the TTL runs out (it still asks after an
 	// agent's refusal, and while the stream is down). Call Close to stop it.
 	Routes streamhousev1connect.RoutesServiceClient
+	// Groups, optional, is the controller's GroupService: when set, the
+	// gateway serves GroupService, validating requests and passing them
+	// through.
+	Groups streamhousev1connect.GroupServiceClient
 	// Logger receives Debug lines only (one or two per request, plus route
 	// refreshes); nil discards.
 	Logger *slog.Logger
+	// HandlerOptions, optional, are added to every service handler before
+	// the gateway's own (cmd/streamhouse passes the tracing interceptor of
+	// pkg/telemetry here when tracing is on).
+	HandlerOptions []connect.HandlerOption
 }
 
 // Gateway serves the public services. It is safe for concurrent use.
@@ -133,11 +142,14 @@ func New(cfg Config) (*Gateway, error) {
 // gRPC needs HTTP/2: serve the handler with TLS, or without TLS with
 // http.Server.Protocols allowing UnencryptedHTTP2 (h2c).
 func (g *Gateway) Handler() http.Handler {
-	opts := []connect.HandlerOption{connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor())}
+	opts := append(slices.Clone(g.cfg.HandlerOptions), connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor()))
 	mux := http.NewServeMux()
 	mux.Handle(streamhousev1connect.NewAdminServiceHandler(adminService{g}, opts...))
 	mux.Handle(streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...))
 	mux.Handle(streamhousev1connect.NewConsumeServiceHandler(consumeService{g}, opts...))
+	if g.cfg.Groups != nil {
+		mux.Handle(streamhousev1connect.NewGroupServiceHandler(groupService{g}, opts...))
+	}
 	mux.HandleFunc("GET /metrics", serveMetrics)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")

@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"connectrpc.com/connect"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
@@ -49,7 +52,15 @@ func (s produceService) Produce(ctx context.Context, req *connect.Request[v1.Pro
 	default:
 		return nil, invalid("unknown acks %d; use ACKS_DURABLE, ACKS_WAL or leave it unset for the topic's durability", m.GetAcks())
 	}
-	rt, err := g.routes.get(ctx, m.GetTopic())
+	// gateway.route covers routing: the topic's routes (cached or asked
+	// of the controller) and placing records on partitions; the produce
+	// functions end it when the appends start.
+	routeCtx, route := tracer.Start(ctx, "gateway.route")
+	defer route.End()
+	if route.IsRecording() {
+		route.SetAttributes(attribute.String("streamhouse.topic", m.GetTopic()), attribute.Bool("streamhouse.batch", hasBatch))
+	}
+	rt, err := g.routes.get(routeCtx, m.GetTopic())
 	if err != nil {
 		return nil, err
 	}
@@ -60,15 +71,15 @@ func (s produceService) Produce(ctx context.Context, req *connect.Request[v1.Pro
 	}
 	var res *v1.ProduceResponse
 	if hasBatch {
-		res, err = g.produceBatch(ctx, rt, m)
+		res, err = g.produceBatch(ctx, rt, m, route)
 	} else {
-		res, err = g.produceRecords(ctx, rt, m)
+		res, err = g.produceRecords(ctx, rt, m, route)
 	}
 	if err != nil {
-		g.log.Debug("produce failed", "topic", m.GetTopic(), "err", err)
+		g.log.DebugContext(ctx, "produce failed", "topic", m.GetTopic(), "err", err)
 		return nil, err
 	}
-	g.log.Debug("produce", "topic", m.GetTopic(), "partitions", len(res.Results), "batch", hasBatch)
+	g.log.DebugContext(ctx, "produce", "topic", m.GetTopic(), "partitions", len(res.Results), "batch", hasBatch)
 	return connect.NewResponse(res), nil
 }
 
@@ -88,7 +99,7 @@ func maxRecordBytes(info *v1.TopicInfo) int {
 
 // produceBatch is the SDK's hot path: the pre-encoded batch is checked (size,
 // header, CRC) and forwarded unchanged; the agent assigns its base offset.
-func (g *Gateway) produceBatch(ctx context.Context, rt *topicRoutes, m *v1.ProduceRequest) (*v1.ProduceResponse, error) {
+func (g *Gateway) produceBatch(ctx context.Context, rt *topicRoutes, m *v1.ProduceRequest, route trace.Span) (*v1.ProduceResponse, error) {
 	if m.Partition == nil {
 		return nil, invalid("a pre-encoded batch needs partition: set partition to the partition the batch is for")
 	}
@@ -100,6 +111,7 @@ func (g *Gateway) produceBatch(ctx context.Context, rt *topicRoutes, m *v1.Produ
 		return nil, invalid("batch rejected: %v", err)
 	}
 	p := m.GetPartition()
+	route.End()
 	res, err := g.appendTo(ctx, rt, p, b, m.GetAcks())
 	if err != nil {
 		return nil, err
@@ -119,7 +131,7 @@ func recordSize(r *v1.Record) int {
 
 // produceRecords places, validates and encodes every record before anything
 // is sent, then appends one batch per partition concurrently.
-func (g *Gateway) produceRecords(ctx context.Context, rt *topicRoutes, m *v1.ProduceRequest) (*v1.ProduceResponse, error) {
+func (g *Gateway) produceRecords(ctx context.Context, rt *topicRoutes, m *v1.ProduceRequest, route trace.Span) (*v1.ProduceResponse, error) {
 	parts := rt.info.GetPartitions()
 	maxRec, maxBatch := maxRecordBytes(rt.info), maxBatchBytes(rt.info)
 	now := time.Now().UnixMilli()
@@ -179,6 +191,10 @@ func (g *Gateway) produceRecords(ctx context.Context, rt *topicRoutes, m *v1.Pro
 		encoded[i] = b
 	}
 
+	if route.IsRecording() {
+		route.SetAttributes(attribute.Int("streamhouse.partitions", len(order)), attribute.Int("streamhouse.records", len(m.GetRecords())))
+	}
+	route.End()
 	results := make([]*v1.PartitionResult, len(order))
 	errs := make([]error, len(order))
 	if len(order) == 1 {
@@ -199,9 +215,19 @@ func (g *Gateway) produceRecords(ctx context.Context, rt *topicRoutes, m *v1.Pro
 }
 
 // appendTo appends one batch to partition p on its agent.
-func (g *Gateway) appendTo(ctx context.Context, rt *topicRoutes, p int32, b []byte, acks v1.Acks) (*v1.PartitionResult, error) {
+func (g *Gateway) appendTo(ctx context.Context, rt *topicRoutes, p int32, b []byte, acks v1.Acks) (_ *v1.PartitionResult, err error) {
+	ctx, span := tracer.Start(ctx, "gateway.append")
+	defer func() {
+		if span.IsRecording() {
+			span.SetAttributes(attribute.Int("streamhouse.partition", int(p)), attribute.Int("streamhouse.bytes", len(b)))
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+		}
+		span.End()
+	}()
 	var out *v1.PartitionResult
-	err := g.onAgent(ctx, rt, p, func(agent streamhousev1connect.AgentServiceClient) error {
+	err = g.onAgent(ctx, rt, p, func(agent streamhousev1connect.AgentServiceClient) error {
 		res, err := agent.Append(ctx, connect.NewRequest(&v1.AppendRequest{
 			Topic:     rt.info.GetName(),
 			Partition: p,

@@ -211,7 +211,7 @@ func (g *Gateway) onAgent(ctx context.Context, rt *topicRoutes, p int32, fn func
 	if err == nil || !retryable(err) || ctx.Err() != nil {
 		return err
 	}
-	g.log.Debug("refreshing routes after agent error", "topic", rt.info.GetName(), "partition", p, "err", err)
+	g.log.DebugContext(ctx, "refreshing routes after agent error", "topic", rt.info.GetName(), "partition", p, "err", err)
 	fresh, rerr := g.routes.refresh(ctx, rt.info.GetName(), rt)
 	if rerr != nil {
 		return rerr

@@ -39,6 +39,9 @@
 //	  int64    max timestamp (ms)
 //	  []byte   data (a Kafka RecordBatch v2, opaque here)
 //
+// Dir/open.marker exists from Open to a clean Close; finding it at Open
+// means the last run crashed (counted in streamhouse_agent_wal_recoveries_total).
+//
 // Dir/index.db is a bbolt database:
 //
 //	meta/ckpt                      segment(8) offset(8): every frame before this

@@ -125,6 +125,14 @@ func (w *WAL) recover() error {
 		return fmt.Errorf("wal: persist recovered index: %w", err)
 	}
 	w.collectGarbage()
+	if w.unclean || len(scanned) > 0 || badRecords > 0 || dropped > 0 || w.truncated.Load() > 0 || w.quarantined.Load() > 0 {
+		// A clean Close removes the open marker and persists the index up
+		// to the end of the WAL, so a marker left behind, or anything to
+		// replay or repair, means the last run did not close it.
+		noteRecovery()
+		w.log.Info("WAL recovered after an unclean stop", "replayed_frames", len(scanned), "truncated_bytes", w.truncated.Load(),
+			"quarantined_segments", w.quarantined.Load(), "dropped_index_entries", dropped, "unreadable_index_records", badRecords)
+	}
 	w.log.Debug("WAL recovered", "segments", len(w.segs), "scanned_frames", len(scanned), "checkpoint_segment", ckpt.Segment, "checkpoint_offset", ckpt.Offset)
 	return nil
 }
@@ -253,5 +261,6 @@ func (w *WAL) quarantine(s *segment, off int64, cause error) error {
 	delete(w.segs, s.seq)
 	s.release()
 	w.quarantined.Add(1)
+	noteCorruption()
 	return nil
 }

@@ -38,6 +38,8 @@ var (
 const (
 	defaultSegmentBytes  = 64 << 20
 	defaultIndexInterval = 100 * time.Millisecond
+	// openMarker is the file in Options.Dir that exists while the WAL is open.
+	openMarker = "open.marker"
 )
 
 // Options configures a WAL. Only Dir is required.
@@ -271,6 +273,8 @@ type WAL struct {
 
 	appends, groups, fsyncs, lastFsync atomic.Int64
 	truncated, quarantined             atomic.Int64
+	// unclean is set by Open when the previous run did not Close the WAL.
+	unclean bool
 }
 
 // Open opens (creating if needed) the WAL in opts.Dir and recovers it: the
@@ -317,10 +321,19 @@ func Open(opts Options) (*WAL, error) {
 		return nil, fmt.Errorf("wal: open index %s: %w", filepath.Join(opts.Dir, "index.db"), err)
 	}
 	w.db = db
+	// The marker exists from Open to a clean Close: finding it means the
+	// last run stopped without closing (a crash), which the recovery metric
+	// reports even when the index was fully persisted before the crash.
+	marker := filepath.Join(opts.Dir, openMarker)
+	_, statErr := os.Stat(marker)
+	w.unclean = statErr == nil
 	if err := w.recover(); err != nil {
 		w.releaseAll()
 		_ = db.Close()
 		return nil, err
+	}
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		w.log.Warn("create WAL open marker; the next start cannot tell a crash from a clean stop", "path", marker, "err", err)
 	}
 	go w.writerLoop()
 	go w.syncerLoop()
@@ -371,6 +384,7 @@ func (w *WAL) Append(e Entry) *Pending {
 	w.qmu.Unlock()
 	w.qcond.Signal()
 	w.appends.Add(1)
+	appendsTotal.Inc()
 	return p
 }
 
@@ -487,8 +501,10 @@ func (w *WAL) syncerLoop() {
 					break
 				}
 				w.fsyncs.Add(1)
+				fsyncsTotal.Inc()
 			}
 			w.lastFsync.Store(int64(time.Since(start)))
+			fsyncDuration.UpdateDuration(start)
 		}
 		w.groups.Add(1)
 		if err == nil {
@@ -606,9 +622,11 @@ func (w *WAL) Read(pos Pos) ([]byte, error) {
 		if errors.Is(err, errShortFrame) {
 			err = fmt.Errorf("%w: frame longer than position length", ErrCorrupt)
 		}
+		noteCorruption()
 		return nil, fmt.Errorf("read %s at %d: %w", s.path, pos.Offset, err)
 	}
 	if n != len(buf) {
+		noteCorruption()
 		return nil, fmt.Errorf("%w: %s at %d: frame is %d bytes, position says %d", ErrCorrupt, s.path, pos.Offset, n, len(buf))
 	}
 	return f.Data, nil
@@ -888,6 +906,11 @@ func (w *WAL) close() error {
 	w.releaseAll()
 	if err := w.db.Close(); err != nil {
 		errs = append(errs, err)
+	}
+	if len(errs) == 0 && w.deadErr() == nil {
+		if err := os.Remove(filepath.Join(w.opts.Dir, openMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			errs = append(errs, fmt.Errorf("wal: remove open marker: %w", err))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -86,6 +86,11 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 	if err != nil {
 		return err
 	}
+	tel, err := startTracing(ctx, "streamhouse-agent", cfg.TraceSampleRatio, log)
+	if err != nil {
+		return err
+	}
+	defer tel.ShutdownWithin(traceFlushTimeout, log) // runs last: after the final flush
 	ln, advertise, err := listen(cfg.Listen, cfg.Advertise)
 	if err != nil {
 		return err
@@ -106,7 +111,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 	for attempt := 0; ; attempt++ { // the controllers may still be electing
 		ag, err = agent.Open(ctx, agent.Config{
 			DataDir: cfg.DataDir, Address: advertise, Zone: cfg.Zone,
-			Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
+			Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), tel.ClientOptions(connect.WithGRPC())...),
 			Store:      store, KeyRoot: cfg.Store.KeyRoot, PrefixCount: cfg.Store.PrefixCount,
 			FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes, Logger: log,
 			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
@@ -125,7 +130,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 		}
 	}
 	mux := http.NewServeMux()
-	mux.Handle(streamhousev1connect.NewAgentServiceHandler(ag.Handler(), connect.WithReadMaxBytes(40<<20)))
+	mux.Handle(streamhousev1connect.NewAgentServiceHandler(ag.Handler(), tel.HandlerOptions(connect.WithReadMaxBytes(40<<20))...))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { metrics.WritePrometheus(w, true) })
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	srv := startServer(ln, mux)

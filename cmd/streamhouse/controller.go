@@ -32,6 +32,7 @@ type controllerConfig struct {
 	Join           string
 	LeaseDuration  time.Duration
 	WALHandoff     time.Duration
+	Groups         groupConfig
 	Gossip         gossipConfig
 }
 
@@ -89,6 +90,7 @@ forwarded to the leader.`,
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.WALHandoff, "wal-handoff-timeout", 60*time.Second, "how long a wal topic's partition waits for a vanished agent to come back before it moves (losing that agent's un-uploaded tail)")
 	cfg.Gossip.addFlags(f)
+	cfg.Groups.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
@@ -99,6 +101,11 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	if err != nil {
 		return err
 	}
+	tel, err := startTracing(ctx, "streamhouse-controller", cfg.TraceSampleRatio, log)
+	if err != nil {
+		return err
+	}
+	defer tel.ShutdownWithin(traceFlushTimeout, log)
 	peers, _ := cfg.peers()
 	ln, advertise, err := listen(cfg.Listen, cfg.Advertise)
 	if err != nil {
@@ -121,11 +128,13 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	if gossip != nil {
 		gateways = func() []string { return gossip.Addresses(membership.RoleGateway) }
 	}
-	node, err := controller.Open(ctx, controller.Config{
+	ccfg := controller.Config{
 		Gateways: gateways,
 		NodeID:   cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
 		RaftListener: raftLn, RaftAdvertise: raftAdvertise, APIAddress: advertise, InitialCluster: peers,
-	})
+	}
+	cfg.Groups.apply(&ccfg)
+	node, err := controller.Open(ctx, ccfg)
 	if err != nil {
 		raftLn.Close()
 		return fmt.Errorf("start controller: %w", err)
@@ -133,10 +142,14 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	defer node.Close()
 
 	mux := http.NewServeMux()
-	mux.Handle(streamhousev1connect.NewAdminServiceHandler(node.Admin()))
-	mux.Handle(streamhousev1connect.NewControllerServiceHandler(node.Controller()))
-	mux.Handle(streamhousev1connect.NewClusterServiceHandler(node.Cluster()))
-	mux.Handle(streamhousev1connect.NewRoutesServiceHandler(node.Routes()))
+	// Only StreamHouse's own components (and operators' shctl) call the
+	// controller: incoming trace context is trusted.
+	hopts := tel.HandlerOptions()
+	mux.Handle(streamhousev1connect.NewAdminServiceHandler(node.Admin(), hopts...))
+	mux.Handle(streamhousev1connect.NewControllerServiceHandler(node.Controller(), hopts...))
+	mux.Handle(streamhousev1connect.NewClusterServiceHandler(node.Cluster(), hopts...))
+	mux.Handle(streamhousev1connect.NewRoutesServiceHandler(node.Routes(), hopts...))
+	mux.Handle(streamhousev1connect.NewGroupServiceHandler(node.Groups(), hopts...))
 	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, _ *http.Request) { metrics.WritePrometheus(w, true) })
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

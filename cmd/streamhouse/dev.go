@@ -17,6 +17,7 @@ import (
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/controller"
 	"github.com/streamhouse/streamhouse/gateway"
+	"github.com/streamhouse/streamhouse/pkg/telemetry"
 )
 
 // devConfig is everything `streamhouse dev` can be told.
@@ -30,6 +31,9 @@ type devConfig struct {
 	LeaseDuration   time.Duration
 	ShutdownTimeout time.Duration
 	Store           storeConfig
+	Groups          groupConfig
+	// TraceSampleRatio is --trace-sample-ratio (see tracing.go).
+	TraceSampleRatio float64
 }
 
 func (c *devConfig) validate() error {
@@ -87,6 +91,8 @@ shuts down cleanly: the agent uploads and commits what its WAL holds first.`,
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a clean shutdown may take to upload what the WAL holds")
 	cfg.Store.addFlags(f)
+	cfg.Groups.addFlags(f)
+	addTraceFlags(f, &cfg.TraceSampleRatio, devTraceSampleRatio)
 	annotateEnv(f)
 	return cmd
 }
@@ -97,11 +103,13 @@ func newLogger(level, format string) (*slog.Logger, error) {
 		return nil, usageError{fmt.Errorf("--log-level %q: use debug, info, warn or error", level)}
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	// LogHandler adds trace_id and span_id to records logged with the
+	// context of a traced request.
 	switch format {
 	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+		return slog.New(telemetry.LogHandler(slog.NewTextHandler(os.Stderr, opts))), nil
 	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+		return slog.New(telemetry.LogHandler(slog.NewJSONHandler(os.Stderr, opts))), nil
 	default:
 		return nil, usageError{fmt.Errorf("--log-format %q: use text or json", format)}
 	}
@@ -113,6 +121,12 @@ func runDev(ctx context.Context, cfg devConfig) error {
 		return err
 	}
 	slog.SetDefault(log)
+	tel, err := startTracing(ctx, "streamhouse", cfg.TraceSampleRatio, log)
+	if err != nil {
+		return err
+	}
+	// Deferred first, so it runs last: after the agent's final flush.
+	defer tel.ShutdownWithin(traceFlushTimeout, log)
 	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -122,9 +136,11 @@ func runDev(ctx context.Context, cfg devConfig) error {
 	}
 	defer ln.Close()
 
-	ctrl, err := controller.Open(ctx, controller.Config{
+	ccfg := controller.Config{
 		DataDir: filepath.Join(cfg.DataDir, "controller"), LeaseDuration: cfg.LeaseDuration, Logger: log,
-	})
+	}
+	cfg.Groups.apply(&ccfg)
+	ctrl, err := controller.Open(ctx, ccfg)
 	if err != nil {
 		return fmt.Errorf("start controller: %w", err)
 	}
@@ -150,8 +166,9 @@ func runDev(ctx context.Context, cfg devConfig) error {
 	}
 	agentClient := ag.Handler()
 	gw, err := gateway.New(gateway.Config{
-		Admin: ctrl.Admin(), Controller: ctrl.Controller(), Logger: log,
-		Agents: func(string) (streamhousev1connect.AgentServiceClient, error) { return agentClient, nil },
+		Admin: ctrl.Admin(), Controller: ctrl.Controller(), Groups: ctrl.Groups(), Logger: log,
+		HandlerOptions: tel.PublicHandlerOptions(),
+		Agents:         func(string) (streamhousev1connect.AgentServiceClient, error) { return agentClient, nil },
 	})
 	if err != nil {
 		_ = ag.Close(context.Background())
@@ -162,7 +179,7 @@ func runDev(ctx context.Context, cfg devConfig) error {
 	// `shctl cluster status` and friends work against dev too.
 	mux := http.NewServeMux()
 	mux.Handle("/", gw.Handler())
-	mux.Handle(streamhousev1connect.NewClusterServiceHandler(ctrl.Cluster()))
+	mux.Handle(streamhousev1connect.NewClusterServiceHandler(ctrl.Cluster(), tel.PublicHandlerOptions()...))
 	srv := startServer(ln, mux)
 	announce("dev", ln) // tests and scripts read this line (--listen :0)
 	log.Info("streamhouse dev is ready", "listen", ln.Addr().String(), "data_dir", cfg.DataDir, "object_store", cfg.Store.Kind)

@@ -52,9 +52,10 @@ to the agent holding each partition's lease. Run as many as you like.`,
 // agentClients hands out one AgentService client per agent address, all
 // sharing one h2c transport.
 type agentClients struct {
-	hc *http.Client
-	mu sync.Mutex
-	m  map[string]streamhousev1connect.AgentServiceClient
+	hc   *http.Client
+	opts []connect.ClientOption
+	mu   sync.Mutex
+	m    map[string]streamhousev1connect.AgentServiceClient
 }
 
 func (a *agentClients) get(addr string) (streamhousev1connect.AgentServiceClient, error) {
@@ -62,7 +63,7 @@ func (a *agentClients) get(addr string) (streamhousev1connect.AgentServiceClient
 	defer a.mu.Unlock()
 	c, ok := a.m[addr]
 	if !ok {
-		c = streamhousev1connect.NewAgentServiceClient(a.hc, "http://"+addr, connect.WithGRPC())
+		c = streamhousev1connect.NewAgentServiceClient(a.hc, "http://"+addr, a.opts...)
 		a.m[addr] = c
 	}
 	return c, nil
@@ -73,6 +74,11 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 	if err != nil {
 		return err
 	}
+	tel, err := startTracing(ctx, "streamhouse-gateway", cfg.TraceSampleRatio, log)
+	if err != nil {
+		return err
+	}
+	defer tel.ShutdownWithin(traceFlushTimeout, log)
 	ln, advertise, err := listen(cfg.Listen, cfg.Advertise)
 	if err != nil {
 		return err
@@ -87,14 +93,18 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 	agentTransport.Protocols = new(http.Protocols)
 	agentTransport.Protocols.SetUnencryptedHTTP2(true)
 	defer agentTransport.CloseIdleConnections()
-	agents := &agentClients{hc: &http.Client{Transport: agentTransport}, m: map[string]streamhousev1connect.AgentServiceClient{}}
+	agents := &agentClients{hc: &http.Client{Transport: agentTransport}, opts: tel.ClientOptions(connect.WithGRPC()), m: map[string]streamhousev1connect.AgentServiceClient{}}
 
+	ctlOpts := tel.ClientOptions(connect.WithGRPC())
 	gw, err := gateway.New(gateway.Config{
-		Admin:      streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), connect.WithGRPC()),
-		Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), connect.WithGRPC()),
-		Routes:     streamhousev1connect.NewRoutesServiceClient(hc, tr.URL(), connect.WithGRPC()),
-		Agents:     agents.get,
-		Logger:     log,
+		Admin:      streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), ctlOpts...),
+		Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), ctlOpts...),
+		Routes:     streamhousev1connect.NewRoutesServiceClient(hc, tr.URL(), ctlOpts...),
+		Groups:     streamhousev1connect.NewGroupServiceClient(hc, tr.URL(), ctlOpts...),
+		// Public API: a client's trace context is linked, not trusted.
+		HandlerOptions: tel.PublicHandlerOptions(),
+		Agents:         agents.get,
+		Logger:         log,
 	})
 	if err != nil {
 		return err

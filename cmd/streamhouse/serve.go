@@ -54,12 +54,15 @@ type commonConfig struct {
 	LogLevel        string
 	LogFormat       string
 	ShutdownTimeout time.Duration
+	// TraceSampleRatio is --trace-sample-ratio (see tracing.go).
+	TraceSampleRatio float64
 }
 
 func (c *commonConfig) addFlags(f *pflag.FlagSet, format string) {
 	f.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&c.LogFormat, "log-format", format, "log format: text or json")
 	f.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a clean shutdown may take")
+	addTraceFlags(f, &c.TraceSampleRatio, clusterTraceSampleRatio)
 }
 
 func (c *commonConfig) logger() (*slog.Logger, error) {

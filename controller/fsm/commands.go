@@ -28,6 +28,14 @@ const (
 	ForceReleaseType MessageType = 8
 	// AlterTopicType changes a topic's settings (AlterTopic).
 	AlterTopicType MessageType = 9
+	// GroupUpdateType replaces a consumer group's coordinator state,
+	// compare-and-set on its version (GroupUpdate).
+	GroupUpdateType MessageType = 10
+	// OffsetCommitType stores a group's offsets, fenced by member epoch
+	// (OffsetCommit).
+	OffsetCommitType MessageType = 11
+	// DeleteGroupType deletes a group without members (DeleteGroup).
+	DeleteGroupType MessageType = 12
 )
 
 // SetDraining marks an agent draining: it gets no new partitions, and its

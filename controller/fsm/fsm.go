@@ -137,6 +137,12 @@ func (s *State) apply(t MessageType, data []byte, index uint64) any {
 			s.Controllers[c.ID] = c.APIAddress
 		}
 		return nil
+	case GroupUpdateType:
+		return s.groupUpdate(decode[GroupUpdate](data, index), index)
+	case OffsetCommitType:
+		return s.offsetCommit(decode[OffsetCommit](data, index))
+	case DeleteGroupType:
+		return s.deleteGroup(decode[DeleteGroup](data, index))
 	default:
 		panic(fmt.Sprintf("fsm: unknown message type %d at index %d", t, index))
 	}
@@ -280,6 +286,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	}
 	if s.Controllers == nil {
 		s.Controllers = map[string]string{}
+	}
+	if s.Groups == nil {
+		s.Groups = map[string]*Group{}
 	}
 	f.mu.Lock()
 	f.state = s

@@ -81,12 +81,15 @@ type State struct {
 	// Controllers maps a controller's Raft id to its API address, so any
 	// node can forward to the leader.
 	Controllers map[string]string `json:"controllers,omitempty"`
+	// Groups are the consumer groups: coordinator state, offsets and
+	// assignment history.
+	Groups map[string]*Group `json:"groups,omitempty"`
 	// Index is the Raft index of the last applied entry.
 	Index uint64 `json:"index"`
 }
 
 func newState() *State {
-	return &State{Topics: map[string]*Topic{}, Agents: map[string]*Agent{}, Controllers: map[string]string{}}
+	return &State{Topics: map[string]*Topic{}, Agents: map[string]*Agent{}, Controllers: map[string]string{}, Groups: map[string]*Group{}}
 }
 
 // TopicNames returns the topic names in sorted order.

@@ -64,6 +64,14 @@
 // A Reader fetches one partition with raw=true (the stored batches), decodes
 // them client-side and returns records from the requested offset on, long
 // polling when it has caught up.
+//
+// # GroupConsumer
+//
+// A GroupConsumer is a member of a consumer group: the controller assigns it
+// partitions (KIP-848 style, server-side assignors), it heartbeats in the
+// background, reads its partitions with Readers from their committed
+// offsets, commits before it releases a partition, and rejoins when it is
+// fenced. See NewGroupConsumer.
 package client
 
 import (
@@ -87,6 +95,7 @@ type Client struct {
 	admin   streamhousev1connect.AdminServiceClient
 	produce streamhousev1connect.ProduceServiceClient
 	consume streamhousev1connect.ConsumeServiceClient
+	groups  streamhousev1connect.GroupServiceClient
 
 	// transport is set when the Client built its own HTTP client.
 	transport *http.Transport
@@ -146,6 +155,7 @@ func New(baseURL string, opts ...Option) (*Client, error) {
 	c.admin = streamhousev1connect.NewAdminServiceClient(hc, baseURL, copts...)
 	c.produce = streamhousev1connect.NewProduceServiceClient(hc, baseURL, copts...)
 	c.consume = streamhousev1connect.NewConsumeServiceClient(hc, baseURL, copts...)
+	c.groups = streamhousev1connect.NewGroupServiceClient(hc, baseURL, copts...)
 	return c, nil
 }
 
@@ -184,6 +194,10 @@ func (c *Client) Produce() streamhousev1connect.ProduceServiceClient { return c.
 
 // Consume returns the raw ConsumeService client.
 func (c *Client) Consume() streamhousev1connect.ConsumeServiceClient { return c.consume }
+
+// Groups returns the raw GroupService client (consumer groups: heartbeats,
+// offsets, and the admin calls shctl uses).
+func (c *Client) Groups() streamhousev1connect.GroupServiceClient { return c.groups }
 
 // Close closes the idle connections of the HTTP client the Client built. Close
 // producers and stop readers first; Close does not wait for them.

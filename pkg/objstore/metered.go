@@ -13,13 +13,17 @@ import (
 // registry (github.com/VictoriaMetrics/metrics, served at /metrics):
 //
 //	<prefix>_s3_requests_total{op,outcome}     requests by operation and outcome
-//	<prefix>_s3_request_duration_seconds{op}   request latency
+//	<prefix>_s3_request_duration_seconds{op}   request latency (Prometheus le buckets)
 //	<prefix>_s3_bytes_total{op}                bytes written (put) and read (get)
 //
 // op is put, get, head, list or delete; outcome is ok, not_found, exists,
 // range or error. prefix names the component, e.g. "streamhouse_agent". The
 // benchmark harness reads these counters to report requests per GiB.
 func Metered(s Store, prefix string) Store { return &metered{s: s, prefix: prefix} }
+
+// requestBuckets are the latency histogram's upper bounds in seconds: from a
+// local-disk request (sub-millisecond) to a stalled S3 call.
+var requestBuckets = []float64{0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30}
 
 type metered struct {
 	s      Store
@@ -40,7 +44,7 @@ func (m *metered) observe(op string, start time.Time, bytes int, err error) {
 		outcome = "error"
 	}
 	metrics.GetOrCreateCounter(fmt.Sprintf(`%s_s3_requests_total{op=%q,outcome=%q}`, m.prefix, op, outcome)).Inc()
-	metrics.GetOrCreateHistogram(fmt.Sprintf(`%s_s3_request_duration_seconds{op=%q}`, m.prefix, op)).UpdateDuration(start)
+	metrics.GetOrCreatePrometheusHistogramExt(fmt.Sprintf(`%s_s3_request_duration_seconds{op=%q}`, m.prefix, op), requestBuckets).UpdateDuration(start)
 	if bytes > 0 {
 		metrics.GetOrCreateCounter(fmt.Sprintf(`%s_s3_bytes_total{op=%q}`, m.prefix, op)).Add(bytes)
 	}

@@ -57,6 +57,13 @@ Commands:
             Every workload runs --rounds times, each system in turn per round;
             the table shows medians and the StreamHouse/NATS ratio, then the
             issue's targets with measured figures.
+  tracecost the produce workload against two 'streamhouse dev' servers side by
+            side (needs --start): one with tracing off, one exporting OTLP at
+            --trace-ratio to --otlp (a real Jaeger, or an endpoint that
+            discards); --rounds rounds, interleaved with the order alternating,
+            so noise hits both. Reports medians and the on/off throughput
+            ratio (median of the per-round ratios), e.g.
+            go run ./test/bench tracecost --start --durability durable --rounds 7
 
 Target (one of):
   --url URL       drive a running deployment (its gateway, e.g. http://127.0.0.1:8080)
@@ -104,6 +111,9 @@ type options struct {
 	e2eRate        float64
 	idlePartitions int
 	gobench        string
+
+	traceRatio float64
+	otlp       string
 }
 
 func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
@@ -151,6 +161,8 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.Float64Var(&o.e2eRate, "e2e-rate", 50_000, "suite: offered load of the e2e latency run, records/s")
 	fs.IntVar(&o.idlePartitions, "idle-partitions", 10_000, "suite: partitions of the idle-partition RSS check (0 skips it; needs --start)")
 	fs.StringVar(&o.gobench, "gobench", "", "suite: a file of 'go test -bench' output to include in the JSON (go_benchmarks)")
+	fs.Float64Var(&o.traceRatio, "trace-ratio", 0.01, "tracecost: --trace-sample-ratio of the traced server")
+	fs.StringVar(&o.otlp, "otlp", "jaeger", "tracecost: where the traced server exports: jaeger (bin/jaeger or $STREAMHOUSE_JAEGER) or discard (an in-process OTLP/HTTP endpoint)")
 	return fs
 }
 
@@ -172,9 +184,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	o := &options{command: args[0]}
 	switch o.command {
-	case "produce", "consume", "e2e", "suite":
+	case "produce", "consume", "e2e", "suite", "tracecost":
 	default:
-		fmt.Fprintf(stderr, "bench: unknown command %q (produce, consume, e2e, suite; --help)\n", o.command)
+		fmt.Fprintf(stderr, "bench: unknown command %q (produce, consume, e2e, suite, tracecost; --help)\n", o.command)
 		return 2
 	}
 	fs := newFlagSet(o.command, o, stderr)
@@ -386,6 +398,9 @@ func newReport(o *options, e *env) *Report {
 }
 
 func execute(ctx context.Context, o *options, stderr io.Writer) (*Report, error) {
+	if o.command == "tracecost" {
+		return executeTraceCost(ctx, o, stderr)
+	}
 	e, err := setup(ctx, o, stderr)
 	if err != nil {
 		return nil, err

@@ -143,10 +143,16 @@ type devServer struct {
 // startDev runs `bin dev` on dataDir with a free port and waits until it is
 // healthy.
 func startDev(ctx context.Context, bin, dataDir string, pprofAddr string, extra []string) (*devServer, error) {
+	return startDevEnv(ctx, bin, dataDir, pprofAddr, extra, nil)
+}
+
+// startDevEnv is startDev with env added to (overriding) this process's
+// environment.
+func startDevEnv(ctx context.Context, bin, dataDir string, pprofAddr string, extra, env []string) (*devServer, error) {
 	d := &devServer{PprofAddr: pprofAddr}
 	args := append([]string{"dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", "warn"}, extra...)
 	cmd := exec.Command(bin, args...)
-	cmd.Env = os.Environ()
+	cmd.Env = append(os.Environ(), env...)
 	if pprofAddr != "" {
 		cmd.Env = append(cmd.Env, "SHBENCH_PPROF_ADDR="+pprofAddr)
 	}

@@ -19,6 +19,9 @@ type shSystem struct {
 	url   string
 	admin *client.Client
 	pid   int // the dev child's pid when the harness started it (RSS fallback)
+	// label, when set, names the system in reports instead of
+	// "streamhouse" (tracecost runs two of them).
+	label string
 }
 
 func newSH(url string, pid int) (*shSystem, error) {
@@ -29,7 +32,12 @@ func newSH(url string, pid int) (*shSystem, error) {
 	return &shSystem{url: url, admin: c, pid: pid}, nil
 }
 
-func (s *shSystem) name() string { return "streamhouse" }
+func (s *shSystem) name() string {
+	if s.label != "" {
+		return s.label
+	}
+	return "streamhouse"
+}
 
 func (s *shSystem) close() { _ = s.admin.Close() }
 

@@ -10,6 +10,7 @@
 //	shctl leases list | release
 //	shctl agents list | drain | undrain
 //	shctl objects verify
+//	shctl groups list | describe | reset-offsets | delete
 //
 // Every flag can also be set with an environment variable STREAMHOUSE_<FLAG>,
 // upper-cased with dashes as underscores (--gateway: STREAMHOUSE_GATEWAY).
@@ -176,6 +177,7 @@ Exit codes: 0 success, 1 error, 2 bad input or usage, 3 not found,
 		newLeasesCommand(),
 		newAgentsCommand(),
 		newObjectsCommand(),
+		newGroupsCommand(),
 	)
 	annotateEnvTree(root)
 	return root
