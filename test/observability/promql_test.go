@@ -27,17 +27,6 @@ const (
 // dashboardNames are the five dashboards the chart ships.
 var dashboardNames = []string{"overview", "producer", "consumer-lag", "storage", "errors"}
 
-// pendingMetrics are named by the dashboards and rules but only exported once
-// a consumer group exists, and consumer groups are being built (issue 7).
-// pending: consumer groups (issue 7) — when they land, create a group in
-// scrapeDev and delete this list, so these names are checked like the rest.
-var pendingMetrics = map[string]bool{
-	"streamhouse_controller_group_lag_records":           true,
-	"streamhouse_controller_group_partition_lag_records": true, // also needs --metrics-partition-lag
-	"streamhouse_controller_group_members":               true,
-	"streamhouse_controller_group_rebalances_total":      true,
-}
-
 // query is one PromQL expression and where it came from.
 type query struct {
 	where string // e.g. "producer.json: panel \"Records/s by topic\""
