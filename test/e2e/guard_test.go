@@ -136,7 +136,7 @@ func steadyProducers(t *testing.T, ctx context.Context, sdk *client.Client, topi
 func TestStoreRateLimit(t *testing.T) {
 	const (
 		n          = 5.0 // PUT/s the store admits (well under what the uploader can do, ~12/s under -race on 2 cores)
-		settle     = 10 * time.Second
+		settle     = 20 * time.Second
 		window     = 16 * time.Second
 		partitions = 8
 	)
@@ -149,7 +149,12 @@ func TestStoreRateLimit(t *testing.T) {
 	p := devproc.Start(t, bin, t.TempDir(), append(s3Args(s3, px.URL()), "--flush-interval", "10ms", "--flush-bytes", "65536")...)
 	cl := newClients(t, p.URL)
 	createTopic(t, cl, "rl", partitions, v1.Durability_DURABILITY_WAL)
-	if err := px.Set(faultproxy.Faults{PutRate: n}); err != nil {
+	// A token bucket of N/s with a burst of 2, like any real limiter (S3's
+	// included) has some burst: with a burst of 1, PUTs paced exactly at N/s
+	// by the agent reach the proxy with tens of ms of jitter on this loaded
+	// 2-core machine (race detector, loopback HTTP), and every pair that
+	// arrives closer than 1/N is refused however well the agent paces.
+	if err := px.Set(faultproxy.Faults{PutRate: n, PutBurst: 2}); err != nil {
 		t.Fatal(err)
 	}
 
@@ -210,9 +215,9 @@ func TestStoreRateLimit(t *testing.T) {
 		n, secs, okRate, 100*okRate/n, last.limited-first.limited, (last.limited-first.limited)/secs,
 		late503, late503/lateSecs, 100*late503/max(1, late503+lateOK))
 
-	// Within 10 % under N; above N only by what the proxy's burst (N/10
+	// Within 10 % under N; above N only by what the proxy's burst (2
 	// tokens) can let through once over the window.
-	burst := max(1, n/10)
+	burst := 2.0
 	if okRate < 0.9*n || okRate > n+burst/secs {
 		t.Errorf("successful PUT rate %.2f/s, want within [%.1f, %.2f] (N = %.0f)", okRate, 0.9*n, n+burst/secs, n)
 	}

@@ -11,11 +11,11 @@ import (
 // Interval of successes without a throttle it adds Step, up to the
 // configured rate.
 //
-// The decrease starts from the smaller of the current rate and the rate at
-// which PUTs were actually sent over the last second: a bucket allowed 3000/s
-// but used at 200/s is cut to 200*Decrease, not to 1500/s (which would not
-// slow anything down). This is how congestion window validation (RFC 7661)
-// treats an application-limited sender.
+// The decrease starts from the current rate, or, when no PUT had to wait for
+// a token over the last second, from the rate at which PUTs were actually
+// sent: a bucket allowed 3000/s but used at 200/s is cut to 200*Decrease, not
+// to 2850/s (which would not slow anything down). This is how congestion
+// window validation (RFC 7661) treats an application-limited sender.
 //
 // That starting rate is remembered as the store's limit (ceiling). Near it the
 // increase is 5 % of it rather than Step, and past it each increase also
@@ -119,7 +119,10 @@ func (a *aimd) throttled() {
 	}
 	cur := a.b.currentRate()
 	from := cur
-	if sent := a.sentRateLocked(now); sent > 0 && sent < from {
+	// Cut an application-limited sender from what it sent. A sender whose
+	// PUTs waited for tokens within the last second was sending at the
+	// bucket's rate, whatever a count of a few PUTs says (4 or 5 of 5/s).
+	if sent := a.sentRateLocked(now); sent > 0 && sent < from && !a.b.limitedSince(now.Add(-time.Second)) {
 		from = sent
 	}
 	a.ceiling = from

@@ -23,6 +23,9 @@ type bucket struct {
 	tokens    float64
 	last      time.Time
 	unlimited bool
+	// limitedAt is when a caller last had to wait for a token: the bucket,
+	// not the caller, was setting the pace then.
+	limitedAt time.Time
 }
 
 func newBucket(clk Clock, rate float64, burst int) *bucket {
@@ -59,6 +62,13 @@ func (b *bucket) setRate(r float64) {
 	b.tokens = min(b.tokens, b.burst())
 }
 
+// limitedSince reports whether a caller had to wait for a token at or after t.
+func (b *bucket) limitedSince(t time.Time) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return !b.limitedAt.Before(t)
+}
+
 func (b *bucket) currentRate() float64 {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -79,6 +89,7 @@ func (b *bucket) wait(ctx context.Context) (time.Duration, error) {
 	var d time.Duration
 	if b.tokens < 1 {
 		d = time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
+		b.limitedAt = now
 	}
 	if dl, ok := ctx.Deadline(); ok && d > 0 && now.Add(d).After(dl) {
 		b.mu.Unlock()
