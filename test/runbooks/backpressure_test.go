@@ -89,6 +89,14 @@ func TestProducerBackpressure(t *testing.T) {
 	if r.Code == 0 || !strings.Contains(r.Stderr, "resource_exhausted") || !strings.Contains(r.Stderr, "WAL") {
 		t.Errorf("shctl produce with backpressure on: exit %d, %q; want a failure naming resource_exhausted and the WAL", r.Code, r.Stderr)
 	}
+	// shctl topics describe: nothing is uploaded, COMMITTED END stays behind.
+	d := describeTopic(t, gw, "events")
+	for _, part := range d.Partitions {
+		if part.CommittedEndOffset >= part.HighWatermark {
+			t.Errorf("partition %d: committed end %d, high watermark %d; want the committed end behind while the store is down",
+				part.Partition, part.CommittedEndOffset, part.HighWatermark)
+		}
+	}
 	shctl(t, "", "--gateway", gw, "topics", "describe", "events")
 
 	// The fix: the store is back. The agent uploads its backlog, backpressure
@@ -109,6 +117,14 @@ func TestProducerBackpressure(t *testing.T) {
 	pr.waitFalse("StreamHouseWALDiskUsageHigh after the fix", diskHigh.Query, 30*time.Second)
 	// The rate windows are a minute: they go false once the last 429 has left it.
 	tr.halt()
+	eventually(t, 30*time.Second, "shctl topics describe shows everything uploaded", func() (bool, string) {
+		for _, part := range describeTopic(t, gw, "events").Partitions {
+			if part.CommittedEndOffset != part.HighWatermark {
+				return false, part.String()
+			}
+		}
+		return true, ""
+	})
 	pr.waitFalse("StreamHouseProducerBackpressure after the fix", backpressure.Query, 100*time.Second)
 	t.Logf("proxy: %+v", px.Stats())
 }

@@ -35,7 +35,7 @@ func startControllers(t *testing.T, n int, args ...string) ([]*devproc.Proc, str
 // leader id it reports ("" when it shows "(none)") and what shctl printed.
 func clusterLeader(t *testing.T, ctl string) (string, shctlResult) {
 	t.Helper()
-	r := shctl(t, "", "--controller", ctl, "--timeout", "3s", "cluster", "status")
+	r := shctlQuiet(t, "", "--controller", ctl, "--timeout", "3s", "cluster", "status")
 	for _, line := range strings.Split(r.Stdout, "\n") {
 		if v, ok := strings.CutPrefix(line, "leader:"); ok {
 			if v = strings.TrimSpace(v); v == "(none)" {
@@ -90,6 +90,10 @@ func TestControllerFailover(t *testing.T) {
 	eventually(t, 30*time.Second, "shctl cluster status reports no leader", func() (bool, string) {
 		l, r := clusterLeader(t, survivor.Addr)
 		return l == "" && r.Code == 0 && strings.Contains(r.Stdout, "(none)"), fmt.Sprintf("leader %q exit %d: %s", l, r.Code, r.Output())
+	})
+	// The survivor's log names the peers it cannot reach.
+	eventually(t, 30*time.Second, "the survivor logs failed vote requests", func() (bool, string) {
+		return strings.Contains(survivor.Stderr(), "failed to make requestVote RPC"), ""
 	})
 	// Writes need a leader: creating a topic fails.
 	if r := shctl(t, "", "--gateway", survivor.Addr, "--controller", survivor.Addr, "--timeout", "3s", "topics", "create", "t1", "--partitions", "1"); r.Code == 0 {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
 	"github.com/streamhouse/streamhouse/test/devproc"
 )
@@ -70,13 +71,14 @@ func TestCorruption(t *testing.T) {
 		}
 		return b.String()
 	}
-	// 200 records in partition 0, acked durable: one object holds them all.
+	// 200 records in partition 0, acked durable: in the bucket when shctl
+	// returns (usually one object; the damaged one holds partition 0 only).
 	if r := shctl(t, lines("zero", 200), "--gateway", gw, "produce", "ledger", "--partition", "0"); r.Code != 0 {
 		t.Fatalf("produce: %s", r.Output())
 	}
 	objs := objectFiles(t, srv.Dir)
-	if len(objs) != 1 {
-		t.Fatalf("want one object after the first durable produce, got %v", objs)
+	if len(objs) == 0 {
+		t.Fatal("no object in the bucket after a durable produce")
 	}
 	damaged := objs[0]
 	key := filepath.Base(damaged)
@@ -133,6 +135,9 @@ func TestCorruption(t *testing.T) {
 		t.Errorf("consume of the damaged partition: exit %d, %q; want a data_loss error naming %s", r.Code, r.Stderr, key)
 	}
 	pr.waitTrue("StreamHouseObjectCorruption", corruption.Query, 30*time.Second)
+	if log := p.Stderr(); !strings.Contains(log, `msg="corrupt batch in object"`) || !strings.Contains(log, key) {
+		t.Errorf("the agent did not log the corrupt object %s:\n%s", key, tailStr(log, 3000))
+	}
 	pr.waitTrue(`corruption counted with source="object"`, `streamhouse_agent_corruption_detected_total{source="object"} > 0`, 10*time.Second)
 	// shctl objects verify names the object.
 	verify := []string{"objects", "verify", "--object-store", "s3", "--s3-endpoint", s3.Endpoint, "--s3-bucket", s3.Bucket,
@@ -176,4 +181,87 @@ func TestCorruption(t *testing.T) {
 	if now, _ := pr.value(`max(streamhouse_agent_corruption_last_detected_timestamp_seconds{source="object"})`); now != detected {
 		t.Errorf("corruption detected again after the restore (last detection %v, was %v)", now, detected)
 	}
+
+	t.Run("damaged WAL segment", testDamagedWALSegment)
+}
+
+// testDamagedWALSegment: an agent holding records of a wal topic it has not
+// uploaded (a 1 h flush interval) is SIGKILLed, and a byte flips in a
+// sealed WAL segment on its disk, inside the part its index had already
+// checkpointed (so recovery does not rescan it). Restarted with a 100 ms
+// flush interval, the agent's uploads fail on the damaged frame:
+// StreamHouseObjectCorruption turns true with source "wal", the log repeats
+// "upload failed; the data stays in the WAL and is retried" naming the
+// corrupt frame, and `shctl topics describe` shows COMMITTED END stuck. The
+// runbook's fix, stopping the agent and setting the segment aside as
+// *.corrupt, makes the agent drop the partition's WAL data that no longer
+// lines up (those records are lost) and start it at its committed end:
+// uploads work again (an acks=durable produce succeeds).
+func testDamagedWALSegment(t *testing.T) {
+	dir := t.TempDir()
+	// A 4 MiB budget makes 512 KiB segments.
+	p := devproc.Start(t, bin, dir, "--flush-interval", "1h", "--wal-budget", fmt.Sprint(4<<20))
+	gw := hostPort(p)
+	if r := shctl(t, "", "--gateway", gw, "topics", "create", "audit", "--partitions", "1", "--durability", "wal"); r.Code != 0 {
+		t.Fatalf("create topic: %s", r.Output())
+	}
+	pr := startPrometheus(t, targets{"streamhouse": {p.Addr}})
+	corruption := pr.alert("StreamHouseObjectCorruption", "runbooks/corruption.md")
+	pr.waitScraped(1)
+	c := newClients(t, p.URL)
+	// 1.5 MB in 30 requests of 100 records of 500 bytes: three segments.
+	tr := startTrickle(t, c, "audit", 1, 100, 500, time.Millisecond, v1.Acks_ACKS_WAL)
+	eventually(t, 60*time.Second, "1.5 MB written", func() (bool, string) { return tr.ok.Load() >= 30, fmt.Sprint(tr.ok.Load()) })
+	tr.halt()
+	p.Kill()
+	segs, err := filepath.Glob(filepath.Join(dir, "agent", "wal", "segments", "*.wal"))
+	if err != nil || len(segs) < 2 {
+		t.Fatalf("want at least 2 WAL segments, got %v (%v)", segs, err)
+	}
+	sort.Strings(segs)
+	data, err := os.ReadFile(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	if err := os.WriteFile(segs[0], data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p.Args = []string{"--flush-interval", "100ms", "--wal-budget", fmt.Sprint(4 << 20)}
+	p.Restart()
+
+	pr.waitTrue(`StreamHouseObjectCorruption with source="wal"`, `(`+corruption.Query+`) and on (source) (max by (source) (streamhouse_agent_corruption_detected_total{source="wal"}) > 0)`, 30*time.Second)
+	eventually(t, 30*time.Second, "the agent logs that its upload fails on the damaged frame", func() (bool, string) {
+		log := p.Stderr()
+		return strings.Contains(log, "upload failed; the data stays in the WAL and is retried") && strings.Contains(log, "wal: corrupt frame"), ""
+	})
+	var stuck *v1.PartitionInfo
+	eventually(t, 30*time.Second, "shctl topics describe shows COMMITTED END behind HIGH WATERMARK", func() (bool, string) {
+		stuck = describeTopic(t, gw, "audit").Partitions[0]
+		return stuck.HighWatermark > 0 && stuck.CommittedEndOffset < stuck.HighWatermark, stuck.String()
+	})
+	time.Sleep(time.Second) // several flush intervals: the committed end does not move
+	if now := describeTopic(t, gw, "audit").Partitions[0]; now.CommittedEndOffset != stuck.CommittedEndOffset {
+		t.Errorf("committed end moved from %d to %d: the damaged frame did not block the upload", stuck.CommittedEndOffset, now.CommittedEndOffset)
+	}
+	shctl(t, "", "--gateway", gw, "topics", "describe", "audit")
+
+	// The fix: stop the agent, set the damaged segment aside as the agent's
+	// own recovery would (rename it *.corrupt), start the agent again.
+	p.Kill()
+	if err := os.Rename(segs[0], segs[0]+".corrupt"); err != nil {
+		t.Fatal(err)
+	}
+	p.Restart()
+	eventually(t, 30*time.Second, "the partition restarts at its committed end", func() (bool, string) {
+		d := describeTopic(t, gw, "audit").Partitions[0]
+		return d.HighWatermark == d.CommittedEndOffset, d.String()
+	})
+	if !strings.Contains(p.Stderr(), "WAL data does not line up with the committed end; dropping it") {
+		t.Errorf("the agent did not log that it dropped the partition's remaining WAL data:\n%s", tailStr(p.Stderr(), 3000))
+	}
+	if r := shctl(t, "new\n", "--gateway", gw, "produce", "audit", "--acks", "durable"); r.Code != 0 {
+		t.Errorf("acks=durable produce after the release (it needs a working upload): exit %d: %s", r.Code, r.Output())
+	}
+	shctl(t, "", "--gateway", gw, "topics", "describe", "audit")
 }

@@ -1,6 +1,7 @@
 package runbooks
 
 import (
+	"context"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -17,20 +18,20 @@ import (
 // each partition in turn until stopped: enough traffic for the agent to
 // flush every flush interval, little enough for 2 cores.
 type trickle struct {
-	stop         chan struct{}
-	wg           sync.WaitGroup
-	ok, failed   atomic.Int64
-	mu           sync.Mutex
-	lastErr      error
-	codes        map[connect.Code]int
-	stopOnce     sync.Once
-	topic        string
-	partitions   int32
-	records      int
-	valueSize    int
-	interval     time.Duration
-	acks         v1.Acks
-	produce      func(*v1.ProduceRequest) error
+	stop       chan struct{}
+	wg         sync.WaitGroup
+	ok, failed atomic.Int64
+	mu         sync.Mutex
+	lastErr    error
+	codes      map[connect.Code]int
+	stopOnce   sync.Once
+	topic      string
+	partitions int32
+	records    int
+	valueSize  int
+	interval   time.Duration
+	acks       v1.Acks
+	produce    func(*v1.ProduceRequest) error
 }
 
 // startTrickle starts a trickle of records records (values of at least
@@ -40,7 +41,8 @@ func startTrickle(t *testing.T, c clients, topic string, partitions int32, recor
 	tr := &trickle{stop: make(chan struct{}), codes: map[connect.Code]int{}, topic: topic, partitions: partitions,
 		records: records, valueSize: valueSize, interval: interval, acks: acks}
 	tr.produce = func(req *v1.ProduceRequest) error {
-		ctx := ctxT(t, 30*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
 		_, err := c.produce.Produce(ctx, connect.NewRequest(req))
 		return err
 	}

@@ -77,6 +77,17 @@ func (r shctlResult) Output() string { return r.Stdout + r.Stderr }
 // command and its output, so a test's log reads like the runbook's steps.
 func shctl(t *testing.T, stdin string, args ...string) shctlResult {
 	t.Helper()
+	return runShctl(t, true, stdin, args...)
+}
+
+// shctlQuiet is shctl without the log, for polling.
+func shctlQuiet(t *testing.T, stdin string, args ...string) shctlResult {
+	t.Helper()
+	return runShctl(t, false, stdin, args...)
+}
+
+func runShctl(t *testing.T, log bool, stdin string, args ...string) shctlResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, shctlBin, args...)
@@ -101,6 +112,9 @@ func shctl(t *testing.T, stdin string, args ...string) shctlResult {
 			t.Fatalf("shctl %s: %v", strings.Join(args, " "), err)
 		}
 	}
+	if !log {
+		return res
+	}
 	out := strings.Split(strings.TrimRight(res.Output(), "\n"), "\n")
 	if len(out) > 24 {
 		out = append(append(out[:12:12], fmt.Sprintf("... (%d lines)", len(out)-22)), out[len(out)-10:]...)
@@ -109,8 +123,8 @@ func shctl(t *testing.T, stdin string, args ...string) shctlResult {
 	return res
 }
 
-// hostPort strips the scheme from a devproc URL: what shctl's --gateway and
-// --controller take.
+// hostPort is the host:port a process serves on, as shctl's --gateway and
+// --controller take it.
 func hostPort(p *devproc.Proc) string { return p.Addr }
 
 // httpClient returns a client whose idle connections are closed at the end

@@ -327,7 +327,7 @@ func (p *prom) waitFalse(what, expr string, limit time.Duration) {
 		}
 		return len(res) == 0, fmt.Sprint(res)
 	})
-	p.t.Logf("%s false again after %v", what, took.Round(100*time.Millisecond))
+	p.t.Logf("%s: false after %v", what, took.Round(100*time.Millisecond))
 }
 
 // waitScraped waits until every target has been scraped successfully
