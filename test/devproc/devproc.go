@@ -20,20 +20,55 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 // Build compiles cmd/streamhouse into dir and returns the binary's path.
 func Build(dir string) (string, error) {
-	bin := filepath.Join(dir, "streamhouse")
-	cmd := exec.Command("go", "build", "-race", "-o", bin, "github.com/streamhouse/streamhouse/cmd/streamhouse")
+	return BuildPackage(dir, "streamhouse", "github.com/streamhouse/streamhouse/cmd/streamhouse")
+}
+
+// BuildPackage compiles the main package pkg into dir/name and returns the
+// binary's path. It builds with the race detector, as the tests run, unless
+// STREAMHOUSE_E2E_NORACE is set (for benchmarks and quick local runs).
+func BuildPackage(dir, name, pkg string) (string, error) {
+	bin := filepath.Join(dir, name)
+	args := []string{"build", "-race", "-o", bin, pkg}
 	if os.Getenv("STREAMHOUSE_E2E_NORACE") != "" {
-		cmd = exec.Command("go", "build", "-o", bin, "github.com/streamhouse/streamhouse/cmd/streamhouse")
+		args = []string{"build", "-o", bin, pkg}
 	}
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return "", fmt.Errorf("build streamhouse: %v\n%s", err, out)
+	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v\n%s", pkg, err, out)
 	}
 	return bin, nil
+}
+
+// Main is the body of a TestMain of a package that runs real processes:
+// setup builds what the tests need into a fresh temporary directory, the
+// tests run, the directory is removed, and goleak checks that no goroutine
+// outlived them. It returns the exit code:
+//
+//	func TestMain(m *testing.M) { os.Exit(devproc.Main(m, func(dir string) (err error) { bin, err = devproc.Build(dir); return err })) }
+func Main(m *testing.M, setup func(dir string) error) int {
+	dir, err := os.MkdirTemp("", "streamhouse-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := setup(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			return 1
+		}
+	}
+	return code
 }
 
 // Proc is one running streamhouse server process.

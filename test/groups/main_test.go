@@ -8,17 +8,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/streamhouse/streamhouse/test/devproc"
 )
@@ -28,36 +24,14 @@ var (
 	consumerBin string // groupconsumer
 )
 
-func TestMain(m *testing.M) { os.Exit(run(m)) }
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "groups-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if serverBin, err = devproc.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	consumerBin = filepath.Join(dir, "groupconsumer")
-	args := []string{"build", "-race", "-o", consumerBin, "github.com/streamhouse/streamhouse/test/cmd/groupconsumer"}
-	if os.Getenv("STREAMHOUSE_E2E_NORACE") != "" {
-		args = []string{"build", "-o", consumerBin, "github.com/streamhouse/streamhouse/test/cmd/groupconsumer"}
-	}
-	if out, err := exec.Command("go", args...).CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build groupconsumer: %v\n%s", err, out)
-		return 1
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			return 1
+func TestMain(m *testing.M) {
+	os.Exit(devproc.Main(m, func(dir string) (err error) {
+		if serverBin, err = devproc.Build(dir); err != nil {
+			return err
 		}
-	}
-	return code
+		consumerBin, err = devproc.BuildPackage(dir, "groupconsumer", "github.com/streamhouse/streamhouse/test/cmd/groupconsumer")
+		return err
+	}))
 }
 
 // event is one line of groupconsumer's output.

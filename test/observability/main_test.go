@@ -6,12 +6,9 @@
 package observability
 
 import (
-	"fmt"
 	"os"
 	"sync"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/streamhouse/streamhouse/test/devproc"
 )
@@ -37,19 +34,8 @@ func streamhouseBin(t *testing.T) string {
 }
 
 func TestMain(m *testing.M) {
-	var err error
-	binDir, err = os.MkdirTemp("", "streamhouse-observability-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(binDir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(devproc.Main(m, func(dir string) error {
+		binDir = dir
+		return nil
+	}))
 }

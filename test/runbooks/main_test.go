@@ -17,12 +17,9 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"go.uber.org/goleak"
 
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/test/devproc"
@@ -36,31 +33,13 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "streamhouse-runbooks-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := func() int {
-		defer os.RemoveAll(dir)
+	os.Exit(devproc.Main(m, func(dir string) (err error) {
 		if bin, err = devproc.Build(dir); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
+			return err
 		}
-		shctlBin = filepath.Join(dir, "shctl")
-		if out, err := exec.Command("go", "build", "-o", shctlBin, "github.com/streamhouse/streamhouse/controller/cmd/shctl").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "build shctl: %v\n%s", err, out)
-			return 1
-		}
-		return m.Run()
-	}()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+		shctlBin, err = devproc.BuildPackage(dir, "shctl", "github.com/streamhouse/streamhouse/controller/cmd/shctl")
+		return err
+	}))
 }
 
 // shctlResult is one run of shctl.

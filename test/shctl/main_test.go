@@ -4,13 +4,8 @@
 package shctl_test
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/streamhouse/streamhouse/test/devproc"
 )
@@ -21,32 +16,11 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	dir, err := os.MkdirTemp("", "shctl-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if serverBin, err = devproc.Build(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	shctlBin = filepath.Join(dir, "shctl")
-	out, err := exec.Command("go", "build", "-race", "-o", shctlBin, "github.com/streamhouse/streamhouse/controller/cmd/shctl").CombinedOutput()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "build shctl: %v\n%s", err, out)
-		return 1
-	}
-	code := m.Run()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
-			return 1
+	os.Exit(devproc.Main(m, func(dir string) (err error) {
+		if serverBin, err = devproc.Build(dir); err != nil {
+			return err
 		}
-	}
-	return code
+		shctlBin, err = devproc.BuildPackage(dir, "shctl", "github.com/streamhouse/streamhouse/controller/cmd/shctl")
+		return err
+	}))
 }
