@@ -615,3 +615,52 @@ func TestLeaseNotRenewedRefusesWrites(t *testing.T) {
 		t.Fatalf("a refused append reached the WAL: %v", got)
 	}
 }
+
+// A WAL frame that no longer reads back (its bytes damaged on disk after the
+// fsync) costs only its own partition: the others keep uploading, and the
+// damaged one is released, not stuck holding every upload back.
+func TestCorruptWALFrameDropsOnlyItsPartition(t *testing.T) {
+	e := newEnv(t, walTopic("w", 2))
+	a := e.open(func(c *Config) { c.FlushInterval = time.Hour; c.HeartbeatInterval = time.Hour })
+	mustAppend(t, a, "w", 0, "doomed", 2, v1.Acks_ACKS_WAL)
+	mustAppend(t, a, "w", 1, "fine", 2, v1.Acks_ACKS_WAL)
+
+	ents := a.wal.Entries("w", 0, 0, 1<<20)
+	if len(ents) != 1 {
+		t.Fatalf("w/0 has %d WAL entries, want 1", len(ents))
+	}
+	seg := filepath.Join(e.dir, "wal", "segments", fmt.Sprintf("%020d.wal", ents[0].Pos.Segment))
+	f, err := os.OpenFile(seg, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := ents[0].Pos.Offset + int64(ents[0].Pos.Length) - 1 // inside the frame's data
+	b := []byte{0}
+	if _, err := f.ReadAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0xff
+	if _, err := f.WriteAt(b, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	a.kickUpload()
+	waitUntil(t, "w/1 committed and w/0 given up", func() bool {
+		return e.ctl.committedEnd("w", 1) == 2 && a.partition(partKey{"w", 0}) == nil
+	})
+	if c := e.ctl.committedEnd("w", 0); c != 0 {
+		t.Fatalf("w/0 committed end %d, want 0: its only frame is unreadable", c)
+	}
+	if n := e.ctl.released.Load(); n != 1 {
+		t.Fatalf("%d leases released, want 1 (w/0 only)", n)
+	}
+	if a.partition(partKey{"w", 1}) == nil {
+		t.Fatal("w/1 was dropped too")
+	}
+	if base := mustAppend(t, a, "w", 1, "after", 1, v1.Acks_ACKS_WAL); base != 2 {
+		t.Fatalf("w/1: base %d after the drop, want 2", base)
+	}
+}

@@ -207,13 +207,21 @@ func (f *fakeController) GetRoutes(context.Context, *connect.Request[v1.GetRoute
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("fake controller: GetRoutes"))
 }
 
-// ReleaseLeases frees the partitions the agent process holds.
+// ReleaseLeases frees the listed partitions the agent process holds, or all
+// of them when none are listed.
 func (f *fakeController) ReleaseLeases(_ context.Context, req *connect.Request[v1.ReleaseLeasesRequest]) (*connect.Response[v1.ReleaseLeasesResponse], error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	only := map[partKey]bool{}
+	for _, r := range req.Msg.GetPartitions() {
+		only[partKey{r.GetTopic(), r.GetPartition()}] = true
+	}
 	n := int32(0)
 	for _, t := range f.topics {
-		for _, p := range t.parts {
+		for i, p := range t.parts {
+			if len(only) > 0 && !only[partKey{t.info.GetName(), int32(i)}] {
+				continue
+			}
 			if p.holder == req.Msg.GetAgentId() && p.incarnation == req.Msg.GetIncarnation() {
 				p.holder, p.incarnation = "", ""
 				n++

@@ -2,9 +2,11 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 )
 
@@ -84,6 +86,19 @@ func (p *partition) advanceCommitted(end int64) {
 }
 
 // fail marks the partition lost; every waiter returns err.
+// failure returns the error the partition was lost with, or nil.
+func (p *partition) failure() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.err
+}
+
+// corrupt reports whether the partition was given up for an unreadable WAL
+// frame (and may still hold its lease: see Agent.dropCorrupt).
+func (p *partition) corrupt() bool {
+	return errors.Is(p.failure(), wal.ErrCorrupt)
+}
+
 func (p *partition) fail(err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()

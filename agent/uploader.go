@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/codes"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/objfile"
 	"github.com/streamhouse/streamhouse/pkg/objstore"
@@ -116,6 +117,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 
 	b := objfile.NewBuilder()
 	var plans []uploadPlan
+	var corrupt []*partition // partitions whose next frame to upload is unreadable
 	budget := a.cfg.FlushBytes
 	for _, p := range parts {
 		if budget <= 0 {
@@ -125,6 +127,9 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 		from, epoch, dead := p.uploadedEnd, p.epoch, p.err != nil
 		p.mu.Unlock()
 		if dead {
+			if p.corrupt() {
+				corrupt = append(corrupt, p) // its release failed before: try again
+			}
 			continue
 		}
 		end := from
@@ -133,6 +138,17 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 				break
 			}
 			data, err := a.wal.Read(e.Pos)
+			if errors.Is(err, wal.ErrCorrupt) {
+				// Upload what precedes the bad frame now; once the bad frame
+				// is the first left to upload, give the partition up (below).
+				// One partition's damaged frame must not stop every other
+				// partition's uploads, which share the object.
+				if end == from {
+					corrupt = append(corrupt, p)
+				}
+				a.log.ErrorContext(ctx, "unreadable WAL frame", "partition", p.key.String(), "offset", e.BaseOffset, "err", err)
+				break
+			}
 			if err != nil {
 				return 0, fmt.Errorf("read WAL for %s at %d: %w", p.key, e.BaseOffset, err)
 			}
@@ -146,6 +162,9 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 			plans = append(plans, uploadPlan{p: p, epoch: epoch, base: from, end: end})
 		}
 	}
+	for _, p := range corrupt {
+		a.dropCorrupt(ctx, p)
+	}
 	if len(plans) == 0 {
 		return 0, nil
 	}
@@ -156,6 +175,34 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 	}
 	span.End()
 	return n, err
+}
+
+// dropCorrupt gives up a partition whose next frame to upload cannot be read
+// back from the WAL (a CRC mismatch: the disk damaged it after the fsync).
+// Everything before the frame is committed; the frame and what follows it
+// in this WAL are lost. The partition first refuses appends and uploads,
+// then its lease is released, and only then is it dropped: a partition the
+// agent no longer has but still holds would be adopted again at the same
+// epoch, and a wal topic's consumers could not tell the lost tail from the
+// offsets given anew (KIP-320 truncation detection needs a new epoch). If
+// the release fails, the next flush tries again.
+func (a *Agent) dropCorrupt(ctx context.Context, p *partition) {
+	p.fail(fmt.Errorf("partition %s: the WAL frame at its upload position is unreadable: %w", p.key, wal.ErrCorrupt))
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := a.cfg.Controller.ReleaseLeases(ctx, connect.NewRequest(&v1.ReleaseLeasesRequest{
+		AgentId: a.cfg.ID, Incarnation: a.incarnation,
+		Partitions: []*v1.PartitionRef{{Topic: p.key.topic, Partition: p.key.partition}},
+	}))
+	if err != nil {
+		a.log.ErrorContext(ctx, "release the lease of a partition with a corrupt WAL frame; retrying at the next flush", "partition", p.key.String(), "err", err)
+		return
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.parts[p.key] == p {
+		a.dropLocked(p.key, p, p.failure())
+	}
 }
 
 // startFlushSpan starts the agent.flush span. A flush is shared by many
