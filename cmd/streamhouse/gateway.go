@@ -19,6 +19,7 @@ type gatewayConfig struct {
 	Listen      string
 	Advertise   string
 	Controllers string
+	Zone        string
 	Gossip      gossipConfig
 }
 
@@ -43,6 +44,7 @@ to the agent holding each partition's lease. Run as many as you like.`,
 	f.StringVar(&cfg.Listen, "listen", ":8080", "public API address (Connect, gRPC, gRPC-web, /metrics)")
 	f.StringVar(&cfg.Advertise, "advertise", "", "address clients use to reach this gateway, announced through gossip (default the listen address, wildcard host replaced by the hostname)")
 	f.StringVar(&cfg.Controllers, "controllers", "", "controller API addresses: host:port,... (or find them through gossip with --seeds)")
+	f.StringVar(&cfg.Zone, "zone", "", "availability zone of this gateway, announced through gossip and logged (agents take the same flag)")
 	cfg.Gossip.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
@@ -84,7 +86,7 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 		return err
 	}
 	defer ln.Close()
-	tr, hc, stop, err := reachControllers(ctx, cfg.Gossip, membership.Member{Name: "gateway@" + advertise, Role: membership.RoleGateway, APIAddress: advertise}, cfg.Controllers, log)
+	tr, hc, stop, err := reachControllers(ctx, cfg.Gossip, membership.Member{Name: "gateway@" + advertise, Role: membership.RoleGateway, APIAddress: advertise, Zone: cfg.Zone}, cfg.Controllers, log)
 	if err != nil {
 		return err
 	}
@@ -112,7 +114,7 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 	defer gw.Close()
 	srv := startServer(ln, gw.Handler())
 	announce("gateway", ln)
-	log.Info("gateway is serving", "listen", ln.Addr().String())
+	log.Info("gateway is serving", "listen", ln.Addr().String(), "zone", cfg.Zone)
 	err = srv.wait(ctx)
 	log.Info("shutting down")
 	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)

@@ -148,7 +148,7 @@ and tracing.
 {{- end }}
 {{- end -}}
 
-{{/* Zone of an agent: a fixed value, or the pod's zone label. */}}
+{{/* Zone of an agent or gateway: a fixed value, or the pod's zone label. */}}
 {{- define "streamhouse.zoneEnv" -}}
 - name: STREAMHOUSE_ZONE
 {{- if .Values.zone.value }}
