@@ -16,6 +16,7 @@ import (
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/batch"
 	"github.com/streamhouse/streamhouse/pkg/rpcerr"
+	"github.com/streamhouse/streamhouse/pkg/telemetry/spans"
 )
 
 // Handler returns the agent's AgentService implementation. Its unary methods
@@ -104,7 +105,7 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	// The span of the request (the agent's server span, or the gateway's
 	// in `streamhouse dev`): a flush that carries this batch joins its trace.
 	reqSpan := trace.SpanContextFromContext(ctx)
-	walCtx, walSpan := tracer.Start(ctx, "agent.wal_append")
+	walCtx, walSpan := spans.Start(ctx, tracer, "agent.wal_append")
 	// Assign offsets and enqueue under appendMu: the partition's frames
 	// reach the WAL in offset order.
 	p.appendMu.Lock()
@@ -157,7 +158,7 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	if acks == v1.Acks_ACKS_DURABLE {
 		// Waits for the uploader's flush (agent.flush, in this trace when
 		// this request's span was the one the flush picked as parent).
-		wctx, waitSpan := tracer.Start(ctx, "agent.commit_wait")
+		wctx, waitSpan := spans.Start(ctx, tracer, "agent.commit_wait")
 		err := p.waitFor(wctx, func() bool { return p.committedEnd >= end })
 		if err != nil && waitSpan.IsRecording() {
 			waitSpan.SetStatus(codes.Error, err.Error())

@@ -5,9 +5,10 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// tracer makes the agent's spans. It follows the global provider, which
-// pkg/telemetry installs only when tracing is on; otherwise its spans are
-// no-ops.
+// tracer makes the agent's spans: agent.flush directly (it may start a
+// trace), the others through spans.Start (only inside a sampled request).
+// It follows the global provider, which pkg/telemetry installs only when
+// tracing is on.
 var tracer = otel.Tracer("github.com/streamhouse/streamhouse/agent")
 
 // maxFlushWaiters bounds the sampled durable appends a partition remembers

@@ -12,6 +12,7 @@ import (
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/controller/fsm"
+	"github.com/streamhouse/streamhouse/pkg/telemetry/spans"
 )
 
 // Lock order: fsm's lock before Node.mu (DescribeTopic reads progress inside
@@ -257,7 +258,7 @@ func planGrants(s *fsm.State, agent string, live map[string]bool, nowMs, walHand
 
 func (c controllerService) CommitObject(ctx context.Context, req *connect.Request[v1.CommitObjectRequest]) (_ *connect.Response[v1.CommitObjectResponse], err error) {
 	m := req.Msg
-	ctx, span := tracer.Start(ctx, "controller.commit_object")
+	ctx, span := spans.Start(ctx, tracer, "controller.commit_object")
 	defer func() { endSpan(span, err) }()
 	if span.IsRecording() {
 		span.SetAttributes(attribute.String("streamhouse.agent", m.GetAgentId()), attribute.String("objstore.key", m.GetObjectKey()),

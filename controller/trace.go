@@ -9,11 +9,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/streamhouse/streamhouse/controller/fsm"
+	"github.com/streamhouse/streamhouse/pkg/telemetry/spans"
 )
 
-// tracer makes the controller's spans. It follows the global provider,
-// which pkg/telemetry installs only when tracing is on; otherwise its spans
-// are no-ops.
+// tracer makes the controller's spans (through spans.Start: only inside a
+// sampled request). It follows the global provider, which pkg/telemetry
+// installs only when tracing is on.
 var tracer = otel.Tracer("github.com/streamhouse/streamhouse/controller")
 
 // startApplySpan starts the raft.apply span of one replicated command: the
@@ -21,7 +22,7 @@ var tracer = otel.Tracer("github.com/streamhouse/streamhouse/controller")
 // quorum, commit, apply). Its parent is the request's span, e.g.
 // controller.commit_object.
 func startApplySpan(ctx context.Context, t fsm.MessageType, bytes int) trace.Span {
-	_, span := tracer.Start(ctx, "raft.apply")
+	_, span := spans.Start(ctx, tracer, "raft.apply")
 	if span.IsRecording() {
 		span.SetAttributes(attribute.Int("raft.command_type", int(t)), attribute.Int("raft.entry_bytes", bytes))
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/batch"
 	"github.com/streamhouse/streamhouse/pkg/partition"
 	"github.com/streamhouse/streamhouse/pkg/rpcerr"
+	"github.com/streamhouse/streamhouse/pkg/telemetry/spans"
 )
 
 // Topic limits assumed when the routing metadata leaves them at 0 (the
@@ -55,7 +56,7 @@ func (s produceService) Produce(ctx context.Context, req *connect.Request[v1.Pro
 	// gateway.route covers routing: the topic's routes (cached or asked
 	// of the controller) and placing records on partitions; the produce
 	// functions end it when the appends start.
-	routeCtx, route := tracer.Start(ctx, "gateway.route")
+	routeCtx, route := spans.Start(ctx, tracer, "gateway.route")
 	defer route.End()
 	if route.IsRecording() {
 		route.SetAttributes(attribute.String("streamhouse.topic", m.GetTopic()), attribute.Bool("streamhouse.batch", hasBatch))
@@ -216,7 +217,7 @@ func (g *Gateway) produceRecords(ctx context.Context, rt *topicRoutes, m *v1.Pro
 
 // appendTo appends one batch to partition p on its agent.
 func (g *Gateway) appendTo(ctx context.Context, rt *topicRoutes, p int32, b []byte, acks v1.Acks) (_ *v1.PartitionResult, err error) {
-	ctx, span := tracer.Start(ctx, "gateway.append")
+	ctx, span := spans.Start(ctx, tracer, "gateway.append")
 	defer func() {
 		if span.IsRecording() {
 			span.SetAttributes(attribute.Int("streamhouse.partition", int(p)), attribute.Int("streamhouse.bytes", len(b)))

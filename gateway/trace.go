@@ -2,7 +2,7 @@ package gateway
 
 import "go.opentelemetry.io/otel"
 
-// tracer makes the gateway's spans. It follows the global provider, which
-// pkg/telemetry installs only when tracing is on; otherwise its spans are
-// no-ops.
+// tracer makes the gateway's spans (through spans.Start: only inside a
+// sampled request). It follows the global provider, which pkg/telemetry
+// installs only when tracing is on.
 var tracer = otel.Tracer("github.com/streamhouse/streamhouse/gateway")

@@ -20,17 +20,17 @@ var tracer = otel.Tracer("github.com/streamhouse/streamhouse/pkg/objstore")
 // an S3 PUT shows up in a trace. Wrap the raw store (inside retries) to see
 // one span per real request.
 //
-// A call whose context carries no span (background work outside any
-// request) is passed through without a span, and so is every call while no
-// tracer provider is installed: then Traced costs one context lookup.
+// A call outside a sampled trace (background work, an unsampled request,
+// or tracing off) is passed through without a span: then Traced costs one
+// context lookup.
 func Traced(s Store) Store { return &traced{s: s} }
 
 type traced struct{ s Store }
 
-// start begins the span for op, or returns a nil span when ctx is not part
-// of a trace.
+// start begins the span for op, or returns a nil span when ctx's span is
+// not recording.
 func (t *traced) start(ctx context.Context, op string, attrs ...attribute.KeyValue) (context.Context, trace.Span) {
-	if !trace.SpanContextFromContext(ctx).IsValid() {
+	if !trace.SpanFromContext(ctx).IsRecording() {
 		return ctx, nil
 	}
 	return tracer.Start(ctx, "objstore."+op, trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attrs...))

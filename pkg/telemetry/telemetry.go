@@ -93,9 +93,8 @@ type Tracing struct {
 // enabled is set while a Setup's provider is installed; Enabled reads it.
 var enabled atomic.Bool
 
-// Enabled reports whether tracing is on in this process (Setup turned it
-// on and Shutdown has not run). Hot paths use it to skip work that only
-// feeds spans.
+// Enabled reports whether tracing is on in this process: a Setup turned it
+// on and its Shutdown has not run.
 func Enabled() bool { return enabled.Load() }
 
 // Setup decides from the environment and cfg whether tracing is on (see
@@ -165,6 +164,9 @@ func Setup(ctx context.Context, cfg Config) (*Tracing, error) {
 		return nil, fmt.Errorf("telemetry: connect interceptor: %w", err)
 	}
 	enabled.Store(true)
+	if v, ok := res.Set().Value("service.name"); ok {
+		name = v.AsString() // OTEL_SERVICE_NAME may have replaced ours
+	}
 	log.Info("tracing is on", "service", name, "sample_ratio", cfg.SampleRatio, "protocol", proto)
 	return &Tracing{tp: tp, internal: internal, public: public}, nil
 }

@@ -4,11 +4,8 @@
 package trace
 
 import (
-	"fmt"
 	"os"
 	"testing"
-
-	"go.uber.org/goleak"
 
 	"github.com/streamhouse/streamhouse/test/devproc"
 )
@@ -16,24 +13,11 @@ import (
 // bin is the streamhouse binary built once for all tests.
 var bin string
 
+// TestMain builds the binary once; devproc.Main also checks with goleak
+// that no goroutine outlives the tests.
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "streamhouse-trace-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin, err = devproc.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
+	os.Exit(devproc.Main(m, func(dir string) (err error) {
+		bin, err = devproc.Build(dir)
+		return err
+	}))
 }

@@ -168,13 +168,15 @@ func produce(ctx context.Context, c streamhousev1connect.ProduceServiceClient, t
 // produce with acks durable is one trace holding the gateway's routing, the
 // agent's WAL append, the flush with its S3 PUT, and the controller's
 // commit through Raft, each under the right parent. Its log lines carry the
-// trace's ids.
+// trace's ids. The spans are exported by the SIGTERM shutdown: the batch
+// interval is set far beyond the test's length.
 func TestDevDurableProduceIsOneTrace(t *testing.T) {
 	j := startJaeger(t)
 	for _, kv := range j.Env() {
 		k, v, _ := strings.Cut(kv, "=")
 		t.Setenv(k, v)
 	}
+	t.Setenv("OTEL_BSP_SCHEDULE_DELAY", "600000") // ms
 	dev := devproc.Start(t, bin, t.TempDir(), "--trace-sample-ratio", "1", "--flush-interval", "50ms",
 		"--log-level", "debug", "--log-format", "json")
 	hc := &http.Client{Transport: &http.Transport{}}
@@ -188,6 +190,11 @@ func TestDevDurableProduceIsOneTrace(t *testing.T) {
 	}
 	if err := produce(ctx, prod, "traced", "k0"); err != nil {
 		t.Fatal(err)
+	}
+	hc.CloseIdleConnections()
+	dev.Stop()
+	if code := dev.ExitCode(); code != 0 {
+		t.Fatalf("streamhouse dev exited with %d after SIGTERM", code)
 	}
 
 	// Every span under the right parent. In dev the gateway calls the
@@ -296,7 +303,8 @@ func TestDevFlushLinksOtherProduces(t *testing.T) {
 // separate processes, each exporting to the same Jaeger. One durable
 // produce is one trace across all three: the W3C trace context travels in
 // the Connect calls gateway -> agent and agent -> controller, and the
-// otelconnect client and server spans sit between each process's own.
+// otelconnect client and server spans sit between each process's own. The
+// agent exports over OTLP/gRPC, the others over OTLP/HTTP.
 func TestClusterTraceCrossesProcesses(t *testing.T) {
 	j := startJaeger(t)
 	for _, kv := range j.Env() {
@@ -307,8 +315,16 @@ func TestClusterTraceCrossesProcesses(t *testing.T) {
 	raft := devproc.FreeAddr(t)
 	ctl := devproc.StartCmd(t, bin, "controller", append([]string{"--node-id", "c1", "--data-dir", t.TempDir(),
 		"--raft-listen", raft, "--initial-cluster", "c1=" + raft}, traced...)...)
+	// The agent exports over OTLP/gRPC, the others over OTLP/HTTP (a
+	// child process takes the environment at its start).
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://"+j.OTLPGRPC)
+	t.Setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
 	devproc.StartCmd(t, bin, "agent", append([]string{"--data-dir", t.TempDir(), "--controllers", ctl.Addr,
 		"--flush-interval", "50ms"}, traced...)...)
+	for _, kv := range j.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		t.Setenv(k, v)
+	}
 	gw := devproc.StartCmd(t, bin, "gateway", append([]string{"--controllers", ctl.Addr}, traced...)...)
 
 	hc := &http.Client{Transport: &http.Transport{}}
