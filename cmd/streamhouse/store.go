@@ -22,6 +22,7 @@ type storeConfig struct {
 	KeyRoot     string
 	PrefixCount int
 	S3          objstore.S3Config
+	Credentials string // auto, static or iam (sets S3.IAM)
 	FaultProxy  bool
 	PutRate     float64
 	GetRate     float64
@@ -51,6 +52,8 @@ func (c *storeConfig) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&c.S3.Region, "s3-region", "us-east-1", "S3 region")
 	f.StringVar(&c.S3.AccessKey, "s3-access-key", "", "S3 access key (default $AWS_ACCESS_KEY_ID)")
 	f.StringVar(&c.S3.SecretKey, "s3-secret-key", "", "S3 secret key (default $AWS_SECRET_ACCESS_KEY); prefer the environment to the command line")
+	f.StringVar(&c.Credentials, "s3-credentials", "auto", "where S3 credentials come from: static (--s3-access-key/--s3-secret-key, or anonymous without them), iam (AWS workload identity: IRSA web identity token, EKS Pod Identity, ECS, EC2 instance profile), or auto (iam when no keys are given and AWS_WEB_IDENTITY_TOKEN_FILE or AWS_CONTAINER_CREDENTIALS_FULL_URI/RELATIVE_URI is set, else static)")
+	f.StringVar(&c.S3.IAMEndpoint, "s3-sts-endpoint", "", "STS endpoint for --s3-credentials iam (default AWS's, regional when AWS_REGION is set)")
 	f.BoolVar(&c.S3.UseTLS, "s3-tls", true, "use HTTPS for S3 when the endpoint has no scheme")
 	f.BoolVar(&c.S3.CreateBucket, "s3-create-bucket", false, "create the bucket if it does not exist")
 	f.BoolVar(&c.FaultProxy, "s3-fault-proxy", false, "for drills: put a fault-injecting proxy in front of the S3 endpoint and print its control URL (POST {\"slowdown\":1,\"duration\":\"60s\"} to <url>/_fault)")
@@ -81,6 +84,20 @@ func (c *storeConfig) validate() error {
 			c.S3.SecretKey = os.Getenv("AWS_SECRET_ACCESS_KEY")
 		}
 		var errs []error
+		switch c.Credentials {
+		case "static":
+		case "iam":
+			c.S3.IAM = true
+		case "auto":
+			c.S3.IAM = c.S3.AccessKey == "" && c.S3.SecretKey == "" &&
+				(os.Getenv("AWS_WEB_IDENTITY_TOKEN_FILE") != "" || os.Getenv("AWS_CONTAINER_CREDENTIALS_FULL_URI") != "" ||
+					os.Getenv("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") != "")
+		default:
+			errs = append(errs, fmt.Errorf("--s3-credentials %q: use auto, static or iam", c.Credentials))
+		}
+		if c.S3.IAM && (c.S3.AccessKey != "" || c.S3.SecretKey != "") && c.Credentials == "iam" {
+			errs = append(errs, errors.New("--s3-credentials iam takes no --s3-access-key/--s3-secret-key (nor AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)"))
+		}
 		if c.S3.Endpoint == "" {
 			errs = append(errs, errors.New("--s3-endpoint is required with --object-store s3"))
 		}

@@ -25,9 +25,19 @@ type S3Config struct {
 	// Region of the bucket. Empty: minio-go asks the service (one extra
 	// request per bucket, cached).
 	Region string
-	// AccessKey and SecretKey are static credentials. Both empty: anonymous.
+	// AccessKey and SecretKey are static credentials. Both empty: anonymous
+	// (unless IAM is set).
 	AccessKey string
 	SecretKey string
+	// IAM takes credentials from the AWS workload identity chain instead of
+	// the static keys: a web identity token exchanged with STS (EKS IRSA:
+	// AWS_WEB_IDENTITY_TOKEN_FILE and AWS_ROLE_ARN), EKS Pod Identity or ECS
+	// container credentials (AWS_CONTAINER_CREDENTIALS_*), else the EC2
+	// instance profile. Credentials are refreshed before they expire.
+	IAM bool
+	// IAMEndpoint overrides the STS (or metadata) endpoint IAM asks; empty
+	// means AWS's own (the regional STS endpoint when AWS_REGION is set).
+	IAMEndpoint string
 	// UseTLS selects https for a "host:port" Endpoint.
 	UseTLS bool
 	// Prefix, if set, is prepended to every key ("root" stores key "a/b" as
@@ -90,6 +100,9 @@ func NewS3(ctx context.Context, cfg S3Config) (*S3, error) {
 	}
 	// Empty keys make the static provider sign nothing (anonymous).
 	creds := credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, "")
+	if cfg.IAM {
+		creds = credentials.NewIAM(cfg.IAMEndpoint)
+	}
 	client, err := minio.New(host, &minio.Options{
 		Creds:      creds,
 		Secure:     secure,

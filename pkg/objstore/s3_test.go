@@ -4,8 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/streamhouse/streamhouse/pkg/objstore"
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
@@ -141,5 +146,55 @@ func TestS3ErrorCodes(t *testing.T) {
 	}
 	if code := objstore.S3ErrorCode(errors.New("plain")); code != "" {
 		t.Errorf("S3ErrorCode of a plain error = %q", code)
+	}
+}
+
+// TestS3WebIdentity takes credentials the way a pod with a workload identity
+// does (EKS IRSA): the projected token file is exchanged with STS
+// (AssumeRoleWithWebIdentity, a fake STS here that checks the token and role
+// and hands out the S3 server's keys), and the store signs with what STS
+// answered.
+func TestS3WebIdentity(t *testing.T) {
+	cfg := s3test.Start(t)
+	const role = "arn:aws:iam::123456789012:role/streamhouse-agent"
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("projected-service-account-token"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var exchanges atomic.Int64
+	sts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if r.Form.Get("Action") != "AssumeRoleWithWebIdentity" || r.Form.Get("WebIdentityToken") != "projected-service-account-token" || r.Form.Get("RoleArn") != role {
+			http.Error(w, "<ErrorResponse><Error><Code>AccessDenied</Code><Message>bad request "+r.Form.Encode()+"</Message></Error></ErrorResponse>", http.StatusForbidden)
+			return
+		}
+		exchanges.Add(1)
+		w.Header().Set("Content-Type", "text/xml")
+		fmt.Fprintf(w, `<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+<AssumeRoleWithWebIdentityResult><Credentials><AccessKeyId>%s</AccessKeyId><SecretAccessKey>%s</SecretAccessKey><Expiration>%s</Expiration></Credentials></AssumeRoleWithWebIdentityResult>
+</AssumeRoleWithWebIdentityResponse>`, cfg.AccessKey, cfg.SecretKey, time.Now().Add(time.Hour).UTC().Format(time.RFC3339))
+	}))
+	defer sts.Close()
+	t.Setenv("AWS_WEB_IDENTITY_TOKEN_FILE", tokenFile)
+	t.Setenv("AWS_ROLE_ARN", role)
+
+	c := cfg
+	c.AccessKey, c.SecretKey = "", ""
+	c.IAM, c.IAMEndpoint = true, sts.URL
+	c.Prefix = "web-identity/"
+	s := newS3(t, c)
+	ctx := t.Context()
+	if err := s.PutIfAbsent(ctx, "k", []byte("signed with STS credentials")); err != nil {
+		t.Fatalf("put with web identity credentials: %v", err)
+	}
+	got, err := s.Get(ctx, "k", 0, -1)
+	if err != nil || string(got) != "signed with STS credentials" {
+		t.Fatalf("get: %q, %v", got, err)
+	}
+	if n := exchanges.Load(); n != 1 {
+		t.Fatalf("%d token exchanges with STS, want 1 (the credentials are cached until they near expiry)", n)
 	}
 }

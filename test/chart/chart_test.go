@@ -281,8 +281,15 @@ func TestRenderAndValidate(t *testing.T) {
 				want["HorizontalPodAutoscaler"] = 1
 				want["Ingress"] = 1
 				want["NetworkPolicy"] = 3
-				want["Secret"] = 1
+				want["Secret"] = 0
 				want["PodDisruptionBudget"] = 3
+				agent := one(t, objs, "StatefulSet", "-agent")
+				if ref := secretRefs(agent); len(ref) != 0 {
+					t.Errorf("agent S3 keys come from %v, want none (workload identity)", ref)
+				}
+				if v := envValue(agent, "STREAMHOUSE_S3_CREDENTIALS"); v != "iam" {
+					t.Errorf("agent STREAMHOUSE_S3_CREDENTIALS = %q, want iam (workload identity)", v)
+				}
 			case "minimal-values":
 				want["Secret"] = 1
 				want["PodDisruptionBudget"] = 0
@@ -343,6 +350,19 @@ func secretRefs(o object) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// envValue returns the literal value of the environment variable name in
+// o's containers, or "".
+func envValue(o object, name string) string {
+	for _, c := range list(get(o, "spec", "template", "spec", "containers")) {
+		for _, e := range list(get(c, "env")) {
+			if str(get(e, "name")) == name {
+				return str(get(e, "value"))
+			}
+		}
+	}
+	return ""
 }
 
 // checkWorkloads checks the properties every values case must keep: the
