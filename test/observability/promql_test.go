@@ -232,14 +232,18 @@ func referencedMetrics(t *testing.T) map[string][]string {
 	return refs
 }
 
-// promtool returns the path of promtool, failing the test when it is
-// missing: CI installs it (Debian package prometheus), so a missing
-// promtool is a broken environment, not a reason to skip.
+// promtool returns the path of promtool: STREAMHOUSE_PROMTOOL (set by `go
+// tool task test`, which builds bin/promtool from tools/prometheus), else
+// PATH. A missing promtool fails the test: it is a broken environment, not
+// a reason to skip.
 func promtool(t *testing.T) string {
 	t.Helper()
+	if p := os.Getenv("STREAMHOUSE_PROMTOOL"); p != "" {
+		return p
+	}
 	p, err := exec.LookPath(promtoolBinary)
 	if err != nil {
-		t.Fatalf("promtool not found (%v): install the Debian package prometheus (apt-get install -y --no-install-recommends prometheus)", err)
+		t.Fatalf("promtool not found (%v): run the tests with go tool task test (it builds bin/promtool), or set STREAMHOUSE_PROMTOOL", err)
 	}
 	return p
 }

@@ -5,9 +5,9 @@
 // scrapes the real processes, the `shctl` command the runbook names shows
 // what the runbook quotes, and the fix the runbook gives clears the symptom.
 //
-// The tests need /usr/bin/prometheus (Debian package prometheus; .ci/run
-// installs it) or STREAMHOUSE_PROMETHEUS naming the binary. They fail, not
-// skip, without it.
+// The tests need a Prometheus server: STREAMHOUSE_PROMETHEUS names it (`go
+// tool task test` builds bin/prometheus from tools/prometheus and sets it),
+// else one on PATH. They fail, not skip, without it.
 package runbooks
 
 import (

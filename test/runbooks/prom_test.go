@@ -33,8 +33,9 @@ func rulesFile() string {
 	return chartRules
 }
 
-// prometheusBin finds the Prometheus server: STREAMHOUSE_PROMETHEUS, then
-// PATH, then /usr/bin/prometheus. A missing binary fails the test: the
+// prometheusBin finds the Prometheus server: STREAMHOUSE_PROMETHEUS (set by
+// `go tool task test`, which builds bin/prometheus from tools/prometheus),
+// then PATH, then /usr/bin/prometheus. A missing binary fails the test: the
 // runbook tests are acceptance tests and must not pass by skipping.
 func prometheusBin(t *testing.T) string {
 	t.Helper()
@@ -47,7 +48,7 @@ func prometheusBin(t *testing.T) string {
 	if _, err := os.Stat("/usr/bin/prometheus"); err == nil {
 		return "/usr/bin/prometheus"
 	}
-	t.Fatal("no Prometheus server: install the Debian package prometheus (apt-get install -y --no-install-recommends prometheus) or set STREAMHOUSE_PROMETHEUS to its binary")
+	t.Fatal("no Prometheus server: run the tests with go tool task test (it builds bin/prometheus), or set STREAMHOUSE_PROMETHEUS to its binary")
 	return ""
 }
 
