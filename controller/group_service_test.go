@@ -17,16 +17,6 @@ type groupClock struct{ ns atomic.Int64 }
 func (c *groupClock) now() time.Time      { return time.Unix(0, c.ns.Load()) }
 func (c *groupClock) add(d time.Duration) { c.ns.Add(int64(d)) }
 func newGroupClock() *groupClock          { c := &groupClock{}; c.ns.Store(time.Now().UnixNano()); return c }
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
 
 func openGroupNode(t *testing.T, dir string, clock *groupClock) *Node {
 	t.Helper()
@@ -34,7 +24,7 @@ func openGroupNode(t *testing.T, dir string, clock *groupClock) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "the group coordinator", n.groups.ready.Load)
+	waitFor(t, 20*time.Second, "the group coordinator", n.groups.ready.Load)
 	return n
 }
 
@@ -102,7 +92,7 @@ func TestGroupServiceFencingEvictionRestart(t *testing.T) {
 	// a goes silent past its session timeout; b keeps heartbeating.
 	clock.add(1500 * time.Millisecond)
 	hb(&v1.GroupHeartbeatRequest{MemberId: "b", MemberEpoch: b.MemberEpoch, Owned: b.Assignment})
-	waitUntil(t, "a's eviction", func() bool {
+	waitFor(t, 20*time.Second, "a's eviction", func() bool {
 		d, err := gs.DescribeGroup(ctx, connect.NewRequest(&v1.DescribeGroupRequest{GroupId: "g"}))
 		return err == nil && len(d.Msg.Members) == 1 && d.Msg.Members[0].MemberId == "b"
 	})
