@@ -16,8 +16,10 @@
 // protobuf. Placement follows Kafka's default partitioner: an explicit
 // Record.Partition wins; otherwise a non-nil key goes to
 // partition.ForKey(key, partitions) (murmur2, identical to Kafka); keyless
-// records stick to one partition until that partition's batch is sent, then
-// move to another one (Kafka's sticky partitioner).
+// records stick to one partition until BatchBytes of them went to it, then
+// move to another one chosen at random (Kafka's uniform sticky partitioner,
+// KIP-794): batches stay large whatever the linger, and over time every
+// partition gets the same share.
 //
 // Per partition, batches are sent in order with one request in flight by
 // default, and the callbacks of a partition fire in Produce order, which is

@@ -177,9 +177,10 @@ type Producer struct {
 	maxRecord  int // topic's max_record_bytes, 0 when unknown
 	batchBytes int // effective batch size
 
-	mu       sync.Mutex
-	parts    []*partState
-	sticky   int32
+	mu          sync.Mutex
+	parts       []*partState
+	sticky      int32 // partition of keyless records
+	stickyBytes int   // estimated bytes of keyless records sent to sticky since it was chosen
 	buffered int64
 	spaceCh  chan struct{} // closed and replaced when buffered bytes are released
 	closed   bool
@@ -338,11 +339,9 @@ func (p *Producer) Produce(ctx context.Context, r Record, cb func(Result)) {
 		ps = p.parts[partition.ForKey(r.Key, p.nparts)]
 	default:
 		ps = p.parts[p.sticky]
-		if ps.open != nil && ps.open.bytes+size > p.batchBytes {
-			// The sticky partition's batch is full: seal it, which moves
-			// keyless records to another partition, and follow.
-			p.sealLocked(ps)
-			ps = p.parts[p.sticky]
+		p.stickyBytes += size
+		if p.stickyBytes >= p.batchBytes {
+			p.moveStickyLocked()
 		}
 	}
 	b := ps.open
@@ -449,13 +448,17 @@ func (p *Producer) sealLocked(ps *partState) {
 		b.timer.Stop()
 	}
 	ps.queue = append(ps.queue, b)
-	p.batchDoneLocked(ps)
 }
 
-// batchDoneLocked is called when ps's open batch is sealed or sent: keyless
-// records move on to another partition (Kafka's sticky partitioner).
-func (p *Producer) batchDoneLocked(ps *partState) {
-	if ps.id != p.sticky || p.nparts == 1 {
+// moveStickyLocked moves keyless records on to another partition, chosen at
+// random. It is called once a batch's worth of bytes (BatchBytes) went to
+// the current one, whatever the batches were: Kafka's uniform sticky
+// partitioner (KIP-794). Moving whenever a batch is sent instead (KIP-480)
+// sprays one-record requests over idle partitions when the linger is short,
+// which costs a request's CPU per record on both sides.
+func (p *Producer) moveStickyLocked() {
+	p.stickyBytes = 0
+	if p.nparts == 1 {
 		return
 	}
 	next := rand.Int32N(p.nparts - 1)
@@ -481,7 +484,6 @@ func (p *Producer) pumpLocked(ps *partState) {
 			if b.timer != nil {
 				b.timer.Stop()
 			}
-			p.batchDoneLocked(ps)
 		default:
 			return
 		}

@@ -227,36 +227,67 @@ func TestKeyPartitioning(t *testing.T) {
 
 func TestStickyKeyless(t *testing.T) {
 	const parts = 4
-	g, c := startFake(t, parts)
-	p := newProducer(t, c, Linger(time.Hour))
-	round := func() int32 {
-		t.Helper()
-		var col collector
-		for i := range 100 {
-			p.Produce(context.Background(), Record{Value: value(i)}, col.cb(i))
+	const perRun = 10 // records in a batch's worth of bytes
+	size := recordSize(&Record{Value: value(0)})
+	_, c := startFake(t, parts)
+	p := newProducer(t, c, Linger(time.Hour), BatchBytes(perRun*size))
+	var col collector
+	const n = 10 * perRun
+	for i := range n {
+		p.Produce(context.Background(), Record{Value: value(i)}, col.cb(i))
+	}
+	if err := p.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	byseq := make([]int32, n)
+	for i, r := range col.res {
+		if r.Err != nil {
+			t.Fatalf("record %d: %v", col.seq[i], r.Err)
 		}
-		if err := p.Flush(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		col.mu.Lock()
-		defer col.mu.Unlock()
-		first := col.res[0].Partition
-		for _, r := range col.res {
-			if r.Err != nil || r.Partition != first {
-				t.Fatalf("keyless records spread: %+v vs partition %d", r, first)
+		byseq[col.seq[i]] = r.Partition
+	}
+	// Records stick to a partition for exactly a batch's worth of bytes,
+	// then move to another partition.
+	for run := 0; run < n/perRun; run++ {
+		first := byseq[run*perRun]
+		for i := run * perRun; i < (run+1)*perRun; i++ {
+			if byseq[i] != first {
+				t.Fatalf("record %d went to partition %d, the rest of its run to %d: %v", i, byseq[i], first, byseq)
 			}
 		}
-		return first
+		if run > 0 && byseq[(run-1)*perRun] == first {
+			t.Fatalf("run %d stayed on partition %d: %v", run, first, byseq)
+		}
 	}
+}
+
+// TestStickyKeylessNoLinger checks that without a linger, keyless records do
+// not spray one-record requests over idle partitions: they stay on one
+// partition and batch up behind its request in flight.
+func TestStickyKeylessNoLinger(t *testing.T) {
+	g, c := startFake(t, 8)
+	p := newProducer(t, c, Linger(0))
+	var col collector
+	const n = 500
 	before := g.produceCalls.Load()
-	p1 := round()
-	p2 := round()
-	if p1 == p2 {
-		t.Fatalf("sticky partition did not move after a batch was sent: %d, %d", p1, p2)
+	for i := range n {
+		p.Produce(context.Background(), Record{Value: value(i)}, col.cb(i))
 	}
-	if calls := g.produceCalls.Load() - before; calls != 2 {
-		t.Fatalf("%d requests for 2 flushed rounds, want 2", calls)
+	if err := p.Flush(context.Background()); err != nil {
+		t.Fatal(err)
 	}
+	col.mu.Lock()
+	defer col.mu.Unlock()
+	for _, r := range col.res {
+		if r.Err != nil || r.Partition != col.res[0].Partition {
+			t.Fatalf("keyless records spread over partitions: %+v vs %d", r, col.res[0].Partition)
+		}
+	}
+	// With one request in flight per partition, n records need at most n
+	// requests; the old partitioner sent about one per record.
+	t.Logf("%d records in %d requests", n, g.produceCalls.Load()-before)
 }
 
 func TestOrderPerPartition(t *testing.T) {
