@@ -181,9 +181,9 @@ type Producer struct {
 	parts       []*partState
 	sticky      int32 // partition of keyless records
 	stickyBytes int   // estimated bytes of keyless records sent to sticky since it was chosen
-	buffered int64
-	spaceCh  chan struct{} // closed and replaced when buffered bytes are released
-	closed   bool
+	buffered    int64
+	spaceCh     chan struct{} // closed and replaced when buffered bytes are released
+	closed      bool
 
 	wg sync.WaitGroup // send goroutines
 }
