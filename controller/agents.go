@@ -26,6 +26,103 @@ func (n *Node) reportedWALEnd(topic string, partition int32) int64 {
 	return n.progress[partKey{topic, partition}]
 }
 
+// agentBeat is what this node remembers of one agent's heartbeats.
+type agentBeat struct {
+	// at is when this node last received a heartbeat from the agent; zero
+	// when it never has (an agent that held a partition when this node
+	// took over).
+	at time.Time
+	// term is the Raft term at was recorded in. A node leads at most one
+	// term at a time, so a heartbeat of the current term is one this
+	// leader received since it took over; older ones were received in an
+	// earlier term of this node, when another node may have led since.
+	term uint64
+}
+
+// heartbeats is the leader's memory of agent heartbeats (agent id -> last
+// heartbeat): not replicated, so a new leader learns it within one
+// heartbeat interval. Lease planning (live), the agent list (heardThisTerm)
+// and the heartbeat-age metric (ages) all read this one map, so they never
+// disagree about when an agent was last heard from. An entry is kept until
+// the agent releases all its leases (a clean shutdown), so a vanished
+// agent shows a growing age. Its zero value is empty and ready; Node.mu
+// guards it.
+type heartbeats struct {
+	beats map[string]agentBeat
+	// since is when this node last took over as leader: the metric counts
+	// an agent it has not heard from since then from that moment, not from
+	// a heartbeat of an earlier term.
+	since time.Time
+}
+
+// record notes a heartbeat from agent id received at now in Raft term term.
+func (h *heartbeats) record(id string, now time.Time, term uint64) {
+	if h.beats == nil {
+		h.beats = map[string]agentBeat{}
+	}
+	h.beats[id] = agentBeat{at: now, term: term}
+}
+
+// forget drops agent id (it released its leases and is leaving).
+func (h *heartbeats) forget(id string) { delete(h.beats, id) }
+
+// live returns the agents live for lease planning: those whose last
+// heartbeat is less than lease old.
+func (h *heartbeats) live(now time.Time, lease time.Duration) map[string]bool {
+	out := map[string]bool{}
+	for id, b := range h.beats {
+		if !b.at.IsZero() && now.Sub(b.at) < lease {
+			out[id] = true
+		}
+	}
+	return out
+}
+
+// heardThisTerm returns when agent id's last heartbeat arrived, if it
+// arrived in Raft term term (for a leader: since it took over).
+func (h *heartbeats) heardThisTerm(id string, term uint64) (time.Time, bool) {
+	b, ok := h.beats[id]
+	if !ok || b.at.IsZero() || b.term != term {
+		return time.Time{}, false
+	}
+	return b.at, true
+}
+
+// takeover restarts the metric's clock at now, when this node becomes
+// leader, and adds the partition holders it has never heard from, so an
+// agent that vanished with the old leader still shows a growing age.
+func (h *heartbeats) takeover(now time.Time, holders map[string]bool) {
+	if h.beats == nil {
+		h.beats = map[string]agentBeat{}
+	}
+	h.since = now
+	for id := range holders {
+		if _, ok := h.beats[id]; !ok {
+			h.beats[id] = agentBeat{}
+		}
+	}
+}
+
+// ages returns, sorted by agent id, the time since each known agent's last
+// heartbeat or since this node took over, whichever is later (never
+// negative).
+func (h *heartbeats) ages(now time.Time) (ids []string, ages []time.Duration) {
+	ids = make([]string, 0, len(h.beats))
+	for id := range h.beats {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	ages = make([]time.Duration, len(ids))
+	for i, id := range ids {
+		from := h.beats[id].at
+		if from.Before(h.since) {
+			from = h.since
+		}
+		ages[i] = max(now.Sub(from), 0)
+	}
+	return ids, ages
+}
+
 // Controller returns the node's ControllerService implementation.
 func (n *Node) Controller() streamhousev1connect.ControllerServiceHandler {
 	return controllerService{n}
@@ -42,20 +139,13 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 	}
 	n := c.n
 	now := n.cfg.Now()
+	term := n.raft.CurrentTerm()
 	n.mu.Lock()
-	n.live[m.GetAgentId()] = now
-	n.seen[m.GetAgentId()] = now
+	n.beats.record(m.GetAgentId(), now, term)
 	for _, p := range m.GetProgress() {
 		n.progress[partKey{p.GetTopic(), p.GetPartition()}] = p.GetWalEndOffset()
 	}
-	live := map[string]bool{}
-	for id, seen := range n.live {
-		if now.Sub(seen) < n.cfg.LeaseDuration {
-			live[id] = true
-		} else {
-			delete(n.live, id)
-		}
-	}
+	live := n.beats.live(now, n.cfg.LeaseDuration)
 	n.mu.Unlock()
 
 	grant := fsm.GrantLeases{
@@ -127,12 +217,7 @@ func (n *Node) reportUncleanLocked(s *fsm.State, refs []fsm.PartitionRef, to str
 func (n *Node) assignFree(ctx context.Context) error {
 	now := n.cfg.Now()
 	n.mu.Lock()
-	live := map[string]bool{}
-	for id, seen := range n.live {
-		if now.Sub(seen) < n.cfg.LeaseDuration {
-			live[id] = true
-		}
-	}
+	live := n.beats.live(now, n.cfg.LeaseDuration)
 	n.mu.Unlock()
 	ids := make([]string, 0, len(live))
 	for id := range live {
@@ -370,8 +455,9 @@ func (c controllerService) ReleaseLeases(ctx context.Context, req *connect.Reque
 	released, _ := res.(int)
 	c.n.mu.Lock()
 	if len(m.GetPartitions()) == 0 {
-		delete(c.n.live, m.GetAgentId()) // it is leaving: give it nothing more
-		delete(c.n.seen, m.GetAgentId()) // and do not report its heartbeats missing
+		// It is leaving: give it nothing more, and do not report its
+		// heartbeats missing (list and metric).
+		c.n.beats.forget(m.GetAgentId())
 	}
 	c.n.mu.Unlock()
 	c.n.log.InfoContext(ctx, "agent released its leases", "agent", m.GetAgentId(), "released", released)

@@ -27,6 +27,10 @@ func (n *Node) Cluster() streamhousev1connect.ClusterServiceHandler { return clu
 
 type clusterService struct{ n *Node }
 
+// Status answers with this node's own Raft view (it is a local procedure,
+// so any voter answers, even without a leader). Its agents' heartbeat ages
+// are the leader's memory: ask with ReadFromHeader set to ReadFromLeader to
+// have a follower forward the request to the leader.
 func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.StatusRequest]) (*connect.Response[v1.StatusResponse], error) {
 	n := c.n
 	out := &v1.StatusResponse{NodeId: n.cfg.NodeID}
@@ -41,6 +45,10 @@ func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.Stat
 		return nil, connect.NewError(connect.CodeUnavailable, fmt.Errorf("read raft configuration: %w", err))
 	}
 	now := n.cfg.Now()
+	// Heartbeats reach only the leader, and only those of its own term are
+	// its own: a follower, or a heartbeat from an earlier term of this
+	// node, reports -1 (not heard from since this leader took over).
+	term, leading := n.raft.CurrentTerm(), n.IsLeader()
 	n.fsm.Read(func(s *fsm.State) {
 		for _, srv := range f.Configuration().Servers {
 			out.Voters = append(out.Voters, &v1.Voter{
@@ -59,8 +67,8 @@ func (c clusterService) Status(ctx context.Context, req *connect.Request[v1.Stat
 		n.mu.Lock()
 		for id, ag := range s.Agents {
 			st := &v1.AgentStatus{Id: id, Address: ag.Address, Zone: ag.Zone, Partitions: held[id], LastHeartbeatMsAgo: -1, Draining: ag.Draining}
-			if seen, ok := n.live[id]; ok {
-				st.LastHeartbeatMsAgo = now.Sub(seen).Milliseconds()
+			if at, ok := n.beats.heardThisTerm(id, term); ok && leading {
+				st.LastHeartbeatMsAgo = max(now.Sub(at).Milliseconds(), 0)
 			}
 			out.Agents = append(out.Agents, st)
 		}
@@ -185,10 +193,21 @@ func raftError(op string, err error) error {
 // not the leader either never forwards it twice.
 const forwardedHeader = "Streamhouse-Forwarded-By"
 
-// localProcedures are answered by whichever node receives them.
+// localProcedures are answered by whichever node receives them, unless
+// the request asks for the leader (ReadFromHeader).
 var localProcedures = map[string]bool{
 	streamhousev1connect.ClusterServiceStatusProcedure: true,
 }
+
+// ReadFromHeader set to ReadFromLeader on a request to a local procedure
+// (ClusterService.Status) has a follower forward it to the leader like any
+// other RPC, for answers that only the leader's memory holds: the agents'
+// heartbeat ages (`shctl agents list`). Without a known leader the answer
+// is Unavailable.
+const (
+	ReadFromHeader = "Streamhouse-Read-From"
+	ReadFromLeader = "leader"
+)
 
 // ForwardToLeader wraps the node's API handler: a request to a node that is
 // not the Raft leader is proxied, whole and unchanged, to the leader's API
@@ -201,7 +220,8 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 	protocols.SetUnencryptedHTTP2(true)
 	transport.Protocols = protocols
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if n.IsLeader() || !strings.HasPrefix(r.URL.Path, "/streamhouse.v1.") || localProcedures[r.URL.Path] {
+		local := localProcedures[r.URL.Path] && r.Header.Get(ReadFromHeader) != ReadFromLeader
+		if n.IsLeader() || !strings.HasPrefix(r.URL.Path, "/streamhouse.v1.") || local {
 			next.ServeHTTP(w, r)
 			return
 		}

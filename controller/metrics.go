@@ -3,8 +3,6 @@ package controller
 import (
 	"fmt"
 	"io"
-	"sort"
-	"time"
 
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/hashicorp/raft"
@@ -123,25 +121,18 @@ func (n *Node) writeHeartbeatAges(w io.Writer) {
 	}
 	now := n.cfg.Now()
 	n.mu.Lock()
-	ids := make([]string, 0, len(n.seen))
-	for id := range n.seen {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	ages := make([]time.Duration, len(ids))
-	for i, id := range ids {
-		ages[i] = max(now.Sub(n.seen[id]), 0)
-	}
+	ids, ages := n.beats.ages(now)
 	n.mu.Unlock()
 	for i, id := range ids {
 		metrics.WriteGaugeFloat64(w, fmt.Sprintf(`streamhouse_controller_agent_heartbeat_age_seconds{agent=%q}`, id), ages[i].Seconds())
 	}
 }
 
-// resetHeartbeats restarts the heartbeat clock of every agent this node
-// knows or that holds a partition, when it becomes leader: it has heard
-// from none of them yet, and stale times from an earlier term would read as
-// missed heartbeats.
+// resetHeartbeats restarts the heartbeat-age metric's clock of every agent
+// this node knows or that holds a partition, when it becomes leader: it has
+// heard from none of them yet in this term, and stale times from an earlier
+// term would read as missed heartbeats. Lease planning still uses the real
+// times of the heartbeats (heartbeats.live).
 func (n *Node) resetHeartbeats() {
 	now := n.cfg.Now()
 	holders := map[string]bool{}
@@ -156,12 +147,7 @@ func (n *Node) resetHeartbeats() {
 	})
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for id := range n.seen {
-		holders[id] = true
-	}
-	for id := range holders {
-		n.seen[id] = now
-	}
+	n.beats.takeover(now, holders)
 }
 
 // countLeaseChanges counts, before g is applied to s, the leases g gives to

@@ -137,10 +137,7 @@ type Node struct {
 	// leader memory, not replicated (a new leader learns it within a heartbeat).
 	mu       sync.Mutex
 	progress map[partKey]int64
-	live     map[string]time.Time // agent id -> last heartbeat
-	// seen is live without the pruning: agent id -> last heartbeat, kept
-	// until the agent releases its leases, for the heartbeat-age metric.
-	seen map[string]time.Time
+	beats    heartbeats // agent heartbeats (agents.go)
 
 	metrics  *metrics.Set   // per-node gauges (registerNodeMetrics)
 	observer *raft.Observer // counts leader changes
@@ -163,7 +160,7 @@ func Open(ctx context.Context, cfg Config) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{cfg: cfg, log: cfg.Logger.With("component", "controller", "node", cfg.NodeID), fsm: fsm.New(),
-		progress: map[partKey]int64{}, live: map[string]time.Time{}, seen: map[string]time.Time{}, stop: make(chan struct{})}
+		progress: map[partKey]int64{}, stop: make(chan struct{})}
 	if err := n.startRaft(); err != nil {
 		n.Close()
 		return nil, err

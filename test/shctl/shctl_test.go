@@ -412,6 +412,11 @@ func TestCommandsAgainstDev(t *testing.T) {
 		if !strings.Contains(r.stdout, agentID) || !strings.Contains(r.stdout, "DRAINING") {
 			t.Errorf("agents list:\n%s", r.stdout)
 		}
+		// The agent heartbeats to the leader: its age is known, not "-" (-1).
+		m = shctl(t, gw, "", "agents", "list", "-o", "json").ok(t, "agents json").jsonOf(t, "agents json")
+		if a := m["agents"].([]any)[0].(map[string]any); a["id"] != agentID || num(a["lastHeartbeatMsAgo"]) < 0 {
+			t.Errorf("agents list json: want a heartbeat age for %s: %v", agentID, a)
+		}
 		shctl(t, gw, "", "agents", "drain", agentID).ok(t, "drain")
 		waitFor(t, "the agent to be draining with no partitions", func() bool {
 			m := shctl(t, gw, "", "agents", "list", "-o", "json").ok(t, "agents json").jsonOf(t, "agents json")

@@ -20,8 +20,15 @@ func newClusterCommand() *cobra.Command {
 	return c
 }
 
-// clusterStatus fetches ClusterService.Status from --controller.
-func clusterStatus(ctx context.Context) (*v1.StatusResponse, error) {
+// Status is answered by whichever controller receives it; with this header
+// a follower forwards it to the leader (controller.ReadFromHeader and
+// ReadFromLeader; the CLI imports only the public API, hence the copy).
+const readFromHeader, readFromLeader = "Streamhouse-Read-From", "leader"
+
+// clusterStatus fetches ClusterService.Status from --controller: that
+// controller's own view, or with fromLeader the leader's (which alone
+// knows the agents' heartbeats; Unavailable while there is no leader).
+func clusterStatus(ctx context.Context, fromLeader bool) (*v1.StatusResponse, error) {
 	cc, srv, closeIdle, err := clusterClient()
 	if err != nil {
 		return nil, err
@@ -29,7 +36,11 @@ func clusterStatus(ctx context.Context) (*v1.StatusResponse, error) {
 	defer closeIdle()
 	rctx, cancel := rpcCtx(ctx)
 	defer cancel()
-	resp, err := cc.Status(rctx, connect.NewRequest(&v1.StatusRequest{}))
+	req := connect.NewRequest(&v1.StatusRequest{})
+	if fromLeader {
+		req.Header().Set(readFromHeader, readFromLeader)
+	}
+	resp, err := cc.Status(rctx, req)
 	if err != nil {
 		return nil, apiError(ctx, err, srv, "cluster status", "")
 	}

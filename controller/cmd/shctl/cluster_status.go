@@ -14,13 +14,15 @@ func newClusterStatusCommand() *cobra.Command {
 		Short: "Show the voters, the leader, Raft's term and indexes, the agents and the gateways",
 		Long: `Show the controller cluster as the controller that answers sees it: each
 voter (the leader marked with *), Raft's term, commit and applied index, and
-each agent with the partitions it holds, the age of its last heartbeat (as
-the leader's memory has it; "-" when unknown) and whether it is draining.`,
+each agent with the partitions it holds, the age of its last heartbeat and
+whether it is draining. Heartbeats reach only the leader: when a follower
+answers, every HEARTBEAT AGO is "-" (shctl agents list always asks the
+leader).`,
 		Example: `  shctl cluster status
   shctl cluster status --output json | jq .leaderId`,
 		Args: exactArgs(),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			st, err := clusterStatus(cmd.Context())
+			st, err := clusterStatus(cmd.Context(), false)
 			if err != nil {
 				return err
 			}
