@@ -7,7 +7,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -21,6 +20,7 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
 	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 	"github.com/streamhouse/streamhouse/test/netproxy"
 )
 
@@ -136,6 +136,17 @@ func (c *cluster) waitLeader(old *devproc.Proc) (*devproc.Proc, time.Duration) {
 	return nil, 0
 }
 
+// waitFor polls cond every 10 ms until it holds, and fails the test if it
+// does not within limit.
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	for start := time.Now(); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Since(start) > limit {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+	}
+}
+
 // holderOf returns the address of the agent holding a partition.
 func holderOf(t *testing.T, cl clients, topic string, partition int32) string {
 	d := describe(t, cl, topic)
@@ -161,11 +172,11 @@ func TestClusterFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	l := startLoad(t, ctx, c, "f", client.BatchBytes(8<<10))
-	h, acked, failed, waitAcks := l.h, &l.acked, &l.failed, l.waitAcks
+	h, waitAcks := l.History(), l.waitAcks
 	window := func(name string, fault func()) {
-		a0, f0 := acked.Load(), failed.Load()
+		a0, f0 := l.Acked(), l.Failed()
 		fault()
-		a, f := acked.Load()-a0, failed.Load()-f0
+		a, f := l.Acked()-a0, l.Failed()-f0
 		t.Logf("%s: %d acked, %d failed during the fault (error rate %.2f%%)", name, a, f, 100*float64(f)/float64(max(a+f, 1)))
 	}
 	waitAcks(2000)
@@ -224,8 +235,15 @@ func TestClusterFailover(t *testing.T) {
 
 	window("gateway SIGKILL", func() {
 		g := c.gateways[0]
+		refused := l.refused[0].Load()
 		g.Kill()
-		time.Sleep(500 * time.Millisecond) // producers of this gateway see refused connections meanwhile
+		// The fault is only a fault if this gateway's producers meet it:
+		// keep it down until its two producers have had Produce calls
+		// refused (they retry them against the restarted gateway).
+		waitFor(t, "the killed gateway's producers to be refused", 30*time.Second, func() bool {
+			return l.refused[0].Load() >= refused+2
+		})
+		t.Logf("gateway down: %d Produce calls through it failed", l.refused[0].Load()-refused)
 		g.Restart()
 		waitAcks(3000)
 	})
@@ -234,90 +252,77 @@ func TestClusterFailover(t *testing.T) {
 }
 
 // load is producers writing continuously through every gateway of a
-// cluster, recording their history.
+// cluster, recording their history (loadgen).
 type load struct {
-	t             *testing.T
-	ctx           context.Context
-	c             *cluster
-	topic         string
-	h             *checker.History
-	acked, failed atomic.Int64
-	stop          chan struct{}
-	wg            sync.WaitGroup
-	clients       []*client.Client
+	t     *testing.T
+	ctx   context.Context
+	topic string
+	*loadgen.Load
+	clients []*client.Client
+	// refused counts the Produce calls through each gateway (by index in
+	// cluster.gateways) that failed: how a test sees its producers notice
+	// that a gateway is gone.
+	refused []*atomic.Int64
 }
 
 // startLoad starts two producers per gateway writing keyed records to
-// topic until stopAndCheck.
+// topic until stopAndCheck, and waits for their first 2000 acks.
 func startLoad(t *testing.T, ctx context.Context, c *cluster, topic string, opts ...client.ProducerOption) *load {
-	l := &load{t: t, ctx: ctx, c: c, topic: topic, h: checker.NewHistory(), stop: make(chan struct{})}
-	opts = append([]client.ProducerOption{client.MaxBufferedBytes(256 << 10), client.MaxRetryDuration(time.Minute)}, opts...)
-	for g, gw := range c.gateways {
-		sdk, err := client.New(gw.URL)
+	l := &load{t: t, ctx: ctx, topic: topic}
+	for _, gw := range c.gateways {
+		refused := new(atomic.Int64)
+		l.refused = append(l.refused, refused)
+		sdk, err := client.New(gw.URL, client.WithConnectOptions(connect.WithInterceptors(countFailedProduce(refused))))
 		if err != nil {
 			t.Fatal(err)
 		}
 		l.clients = append(l.clients, sdk)
-		for k := range 2 {
-			id := g*2 + k
-			prod, err := sdk.NewProducer(topic, opts...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			l.wg.Add(1)
-			go func() {
-				defer l.wg.Done()
-				defer prod.Close()
-				for seq := 0; ; seq++ {
-					select {
-					case <-l.stop:
-						if err := prod.Flush(ctx); err != nil {
-							t.Errorf("flush: %v", err)
-						}
-						return
-					default:
-					}
-					v := fmt.Sprintf("p%d-%07d", id, seq)
-					prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
-						if r.Err != nil {
-							l.h.Failed(v)
-							if l.failed.Add(1) <= 3 {
-								t.Logf("produce failed (outcome unknown): %v", r.Err)
-							}
-							return
-						}
-						l.acked.Add(1)
-						l.h.Acked(checker.Ack{Producer: id, Seq: seq, Value: v, Partition: r.Partition, Offset: r.Offset})
-					})
-				}
-			}()
-		}
+		t.Cleanup(func() { sdk.Close() })
 	}
+	opts = append([]client.ProducerOption{client.MaxBufferedBytes(256 << 10), client.MaxRetryDuration(time.Minute)}, opts...)
+	// Producer i writes through gateway i % len(gateways).
+	l.Load = loadgen.StartT(t, ctx, l.clients, loadgen.Config{Topic: topic, Producers: 2 * len(c.gateways), Options: opts})
 	l.waitAcks(2000)
 	return l
 }
 
+// countFailedProduce is a client interceptor counting failed Produce calls
+// (each attempt, retries included) in n.
+func countFailedProduce(n *atomic.Int64) connect.UnaryInterceptorFunc {
+	return func(next connect.UnaryFunc) connect.UnaryFunc {
+		return func(ctx context.Context, req connect.AnyRequest) (connect.AnyResponse, error) {
+			res, err := next(ctx, req)
+			if err != nil && strings.HasSuffix(req.Spec().Procedure, "/Produce") {
+				n.Add(1)
+			}
+			return res, err
+		}
+	}
+}
+
 // waitAcks blocks until n more records are acknowledged.
 func (l *load) waitAcks(n int64) {
-	target := l.acked.Load() + n
-	for l.acked.Load() < target {
-		if l.ctx.Err() != nil {
-			l.t.Fatalf("producers made no progress (acked %d, failed %d)", l.acked.Load(), l.failed.Load())
-		}
-		time.Sleep(10 * time.Millisecond)
+	l.t.Helper()
+	if err := l.WaitAcked(l.ctx, l.Acked()+n); err != nil {
+		l.t.Fatalf("producers made no progress: %v", err)
 	}
 }
 
 // stopAndCheck stops the producers, reads the topic back and checks the
 // history.
 func (l *load) stopAndCheck(partitions int32) checker.Result {
-	close(l.stop)
-	l.wg.Wait()
-	for _, c := range l.clients {
-		defer c.Close()
+	l.t.Helper()
+	if err := l.Stop(); err != nil {
+		l.t.Errorf("stop producers: %v", err)
+	}
+	for i, f := range l.Failures() {
+		if i == 3 {
+			break
+		}
+		l.t.Logf("produce failed (outcome unknown) at %s: producer %d seq %d: %v", f.At.Format("15:04:05.000"), f.Producer, f.Seq, f.Err)
 	}
 	reads := readAll(l.t, l.ctx, l.clients[len(l.clients)-1], l.topic, partitions)
-	res := l.h.Check(reads)
+	res := l.History().Check(reads)
 	l.t.Logf("acked %d, failed (outcome unknown) %d of which %d were written, read %d", res.Acked, res.Failed, res.FailedPresent, res.Read)
 	if err := res.Err(); err != nil {
 		l.t.Fatal(err)

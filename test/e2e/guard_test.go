@@ -12,8 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -25,8 +23,8 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/objstore"
 	"github.com/streamhouse/streamhouse/pkg/objstore/faultproxy"
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
-	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 )
 
 // Series names of the agent's object-store metrics (served at the gateway's
@@ -81,51 +79,10 @@ func s3Args(cfg objstore.S3Config, endpoint string) []string {
 		"--s3-access-key", cfg.AccessKey, "--s3-secret-key", cfg.SecretKey, "--s3-region", cfg.Region}
 }
 
-// steadyProducers runs n SDK producers on topic, each writing perTick
-// records every 10 ms until stop is closed, and records the history.
-// Producer ids start at firstID. It returns a function that waits for them.
-func steadyProducers(t *testing.T, ctx context.Context, sdk *client.Client, topic string, firstID, n, perTick int,
-	h *checker.History, acked, failed *atomic.Int64, stop <-chan struct{}, opts ...client.ProducerOption) func() {
-	t.Helper()
-	var wg sync.WaitGroup
-	for k := range n {
-		id := firstID + k
-		prod, err := sdk.NewProducer(topic, opts...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer prod.Close()
-			tick := time.NewTicker(10 * time.Millisecond)
-			defer tick.Stop()
-			for seq := 0; ; seq++ {
-				if seq%perTick == 0 {
-					select {
-					case <-stop:
-						if err := prod.Flush(ctx); err != nil {
-							t.Errorf("producer %d flush: %v", id, err)
-						}
-						return
-					case <-tick.C:
-					}
-				}
-				v := fmt.Sprintf("p%d-%07d", id, seq)
-				prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
-					if r.Err != nil {
-						h.Failed(v)
-						failed.Add(1)
-						return
-					}
-					acked.Add(1)
-					h.Acked(checker.Ack{Producer: id, Seq: seq, Value: v, Partition: r.Partition, Offset: r.Offset})
-				})
-			}
-		}()
-	}
-	return wg.Wait
-}
+// measurementWindow waits out d. The caller measures a rate or samples a
+// level over d: the time passing is the measurement, not a wait for
+// something to happen.
+func measurementWindow(d time.Duration) { time.Sleep(d) }
 
 // TestStoreRateLimit: the object store admits only N object PUTs per second
 // (the fault proxy answers the rest 503 SlowDown, as S3 does past a
@@ -165,13 +122,10 @@ func TestStoreRateLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sdk.Close()
-	h := checker.NewHistory()
-	var acked, failed atomic.Int64
-	stop := make(chan struct{})
 	// 2 producers x 1,000 records/s: data for every 10 ms flush, so the
 	// uploader wants ~100 PUT/s, five times what the store admits.
-	wait := steadyProducers(t, ctx, sdk, "rl", 0, 2, 10, h, &acked, &failed, stop,
-		client.BatchBytes(16<<10), client.MaxBufferedBytes(1<<20), client.MaxRetryDuration(4*time.Minute))
+	load := loadgen.StartT(t, ctx, []*client.Client{sdk}, loadgen.Config{Topic: "rl", Producers: 2, Rate: 1000,
+		Options: []client.ProducerOption{client.BatchBytes(16 << 10), client.MaxBufferedBytes(1 << 20), client.MaxRetryDuration(4 * time.Minute)}})
 
 	type sample struct {
 		at                     time.Time
@@ -185,14 +139,15 @@ func TestStoreRateLimit(t *testing.T) {
 			fwd: float64(st.Requests[faultproxy.OpPut]), rate: m[mPutRate]}
 	}
 	s0 := take()
-	time.Sleep(settle)
+	measurementWindow(settle) // AIMD finds the rate; the window below measures where it settled
 	samples := []sample{take()}
 	for range int(window / time.Second) {
-		time.Sleep(time.Second)
+		measurementWindow(time.Second)
 		samples = append(samples, take())
 	}
-	close(stop)
-	wait()
+	if err := load.Stop(); err != nil {
+		t.Errorf("stop producers: %v", err)
+	}
 
 	first, last := samples[0], samples[len(samples)-1]
 	secs := last.at.Sub(first.at).Seconds()
@@ -227,13 +182,14 @@ func TestStoreRateLimit(t *testing.T) {
 		t.Errorf("%.1f%% of PUT attempts in the last half of the window were answered 503: sustained throttling", 100*frac)
 	}
 
-	res := h.Check(readAll(t, ctx, sdk, "rl", partitions))
+	res := load.History().Check(readAll(t, ctx, sdk, "rl", partitions))
 	t.Logf("acked %d, failed %d, read %d; proxy %+v", res.Acked, res.Failed, res.Read, px.Stats())
 	if err := res.Err(); err != nil {
 		t.Error(err)
 	}
 	if res.Failed > 0 {
-		t.Errorf("%d records failed: a rate-limited store should slow uploads, not fail writes", res.Failed)
+		fs := load.Failures()
+		t.Errorf("%d records failed: a rate-limited store should slow uploads, not fail writes; first: %v", res.Failed, fs[:min(3, len(fs))])
 	}
 }
 
@@ -285,23 +241,24 @@ func TestWALBudgetWithStoreDown(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sdk.Close()
-	h := checker.NewHistory()
-	var acked, failed atomic.Int64
-	stop := make(chan struct{})
 	// 4 producers x 10,000 records/s: the budget's 80 % fills in a few
 	// seconds. A short MaxRetryDuration makes
 	// the 429s visible as failed records.
-	wait := steadyProducers(t, ctx, sdk, "wb", 0, 4, 100, h, &acked, &failed, stop,
-		client.BatchBytes(64<<10), client.MaxBufferedBytes(1<<20), client.RequestTimeout(10*time.Second),
-		client.MaxRetryDuration(2*time.Second))
+	load := loadgen.StartT(t, ctx, []*client.Client{sdk}, loadgen.Config{Topic: "wb", Producers: 4, Rate: 10000,
+		Options: []client.ProducerOption{client.BatchBytes(64 << 10), client.MaxBufferedBytes(1 << 20),
+			client.RequestTimeout(10 * time.Second), client.MaxRetryDuration(2 * time.Second)}})
 
 	var uncommitted, disk []int64
 	var maxUn, maxDisk int64
 	var bpSeen bool
 	deadline := time.Now().Add(down)
 	var rawChecked, fetchChecked bool
+	// The outage is a measurement window: sample the WAL's level every
+	// 500 ms for all of it (it must level off, not just stay under once).
+	sample := time.NewTicker(500 * time.Millisecond)
+	defer sample.Stop()
 	for time.Now().Before(deadline) {
-		time.Sleep(500 * time.Millisecond)
+		<-sample.C
 		m := scrape(t, p.URL)
 		un, d := int64(m[mUncommitted]), dirSize(segDir)
 		uncommitted, disk = append(uncommitted, un), append(disk, d)
@@ -342,7 +299,7 @@ func TestWALBudgetWithStoreDown(t *testing.T) {
 	t.Logf("budget %s MiB (429 above %s MiB, accepted again below %s MiB): uncommitted levelled at %s MiB (median of the last half), max %s MiB; segments on disk max %s MiB",
 		mib(budget), mib(budget*8/10), mib(budget*6/10), mib(tailUn[len(tailUn)/2]), mib(maxUn), mib(maxDisk))
 	t.Logf("while down: acked %d, failed (429 past the SDK's 2s retry budget) %d; gateway Produce answers by code %v; agent writes refused %.0f; breaker state %.0f; proxy %+v",
-		acked.Load(), failed.Load(), codes, m[mWritesRefused], m[mBreaker], px.Stats())
+		load.Acked(), load.Failed(), codes, m[mWritesRefused], m[mBreaker], px.Stats())
 	if maxUn > budget {
 		t.Errorf("WAL uncommitted bytes reached %d, past the %d budget", maxUn, budget)
 	}
@@ -362,35 +319,30 @@ func TestWALBudgetWithStoreDown(t *testing.T) {
 	// are accepted again.
 	px.Clear()
 	healed := time.Now()
-	var offAfter time.Duration = -1
-	for time.Since(healed) < 40*time.Second {
-		m := scrape(t, p.URL)
-		if m[mBackpressure] == 0 {
-			offAfter = time.Since(healed)
-			t.Logf("backpressure off %v after the store recovered (uncommitted %s MiB, breaker %.0f)", offAfter.Round(time.Millisecond), mib(int64(m[mUncommitted])), m[mBreaker])
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
+	var off map[string]float64
+	waitFor(t, "backpressure off after the store recovered", 40*time.Second, func() bool {
+		off = scrape(t, p.URL)
+		return off[mBackpressure] == 0
+	})
+	t.Logf("backpressure off %v after the store recovered (uncommitted %s MiB, breaker %.0f)",
+		time.Since(healed).Round(time.Millisecond), mib(int64(off[mUncommitted])), off[mBreaker])
+	// Writes are accepted again: poll for fresh acks rather than wait a
+	// fixed time and hope.
+	a0, offAt := load.Acked(), time.Now()
+	waitFor(t, "writes acknowledged after backpressure turned off", 30*time.Second, func() bool { return load.Acked() > a0+100 })
+	t.Logf("accepted again: more than 100 records acked %v after backpressure turned off", time.Since(offAt).Round(time.Millisecond))
+	if err := load.Stop(); err != nil {
+		t.Errorf("stop producers: %v", err)
 	}
-	if offAfter < 0 {
-		t.Fatalf("backpressure still on 40s after the store recovered")
-	}
-	a0 := acked.Load()
-	time.Sleep(2 * time.Second)
-	t.Logf("accepted again: %d records acked in the 2s after backpressure turned off", acked.Load()-a0)
-	if acked.Load() == a0 {
-		t.Errorf("no writes acknowledged after backpressure turned off")
-	}
-	close(stop)
-	wait()
-	// Wait for everything acknowledged to be uploaded, then read it back.
+	// Wait for everything acknowledged to be uploaded, then read it back
+	// (a timeout is reported below with the bytes left).
 	for start := time.Now(); time.Since(start) < 30*time.Second; time.Sleep(200 * time.Millisecond) {
 		if scrape(t, p.URL)[mUncommitted] == 0 {
 			break
 		}
 	}
 	m = scrape(t, p.URL)
-	res := h.Check(readAll(t, ctx, sdk, "wb", partitions))
+	res := load.History().Check(readAll(t, ctx, sdk, "wb", partitions))
 	t.Logf("after healing: acked %d, failed %d (of which %d written after all), read %d; uncommitted %s MiB, segments on disk %s MiB, PUT ok %.0f / error %.0f",
 		res.Acked, res.Failed, res.FailedPresent, res.Read, mib(int64(m[mUncommitted])), mib(dirSize(segDir)), m[mPutOK], m[mPutError])
 	if err := res.Err(); err != nil {
@@ -495,38 +447,17 @@ func TestGuardOverhead(t *testing.T) {
 	// run produces as fast as 4 producers can for phase and returns records/s.
 	value := []byte(strings.Repeat("v", 100))
 	run := func(d *deployment, topic string) float64 {
-		var wg sync.WaitGroup
-		var acked, failed atomic.Int64
-		end := time.Now().Add(phase)
 		start := time.Now()
-		for range 4 {
-			prod, err := d.sdk.NewProducer(topic)
-			if err != nil {
-				t.Fatal(err)
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer prod.Close()
-				for time.Now().Before(end) {
-					prod.Produce(ctx, client.Record{Value: value}, func(r client.Result) {
-						if r.Err != nil {
-							failed.Add(1)
-							return
-						}
-						acked.Add(1)
-					})
-				}
-				if err := prod.Flush(ctx); err != nil {
-					t.Errorf("guard %s, %s: flush: %v", d.name, topic, err)
-				}
-			}()
+		load := loadgen.StartT(t, ctx, []*client.Client{d.sdk}, loadgen.Config{Topic: topic, Producers: 4, Keyless: true,
+			Value: func(int, int) []byte { return value }, CountOnly: true})
+		measurementWindow(phase)
+		if err := load.Stop(); err != nil {
+			t.Errorf("guard %s, %s: %v", d.name, topic, err)
 		}
-		wg.Wait()
-		if failed.Load() > 0 {
-			t.Errorf("guard %s, %s: %d records failed", d.name, topic, failed.Load())
+		if n := load.Failed(); n > 0 {
+			t.Errorf("guard %s, %s: %d records failed, first: %v", d.name, topic, n, load.Failures()[0].Err)
 		}
-		return float64(acked.Load()) / time.Since(start).Seconds()
+		return float64(load.Acked()) / time.Since(start).Seconds()
 	}
 	results := map[string][]float64{}
 	for r := range rounds {

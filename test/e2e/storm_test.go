@@ -9,8 +9,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -18,8 +16,8 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/client"
 	"github.com/streamhouse/streamhouse/pkg/objstore/faultproxy"
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
-	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 )
 
 // stormPhase is how long each storm phase lasts: 60s as the issue asks, or
@@ -62,58 +60,20 @@ func TestS3Storm(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sdk.Close()
-	hist := map[string]*checker.History{"sw": checker.NewHistory(), "sd": checker.NewHistory()}
-	var acked, failed atomic.Int64
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
+	// Two producers per topic at a steady 2,000 records/s each; ids 0-1
+	// write sw, 2-3 sd.
+	loads := map[string]*loadgen.Load{}
 	for ti, topic := range []string{"sw", "sd"} {
-		for k := range 2 {
-			id := ti*2 + k
-			prod, err := sdk.NewProducer(topic, client.BatchBytes(16<<10), client.MaxBufferedBytes(512<<10),
-				client.RequestTimeout(5*time.Minute), client.MaxRetryDuration(10*time.Minute))
-			if err != nil {
-				t.Fatal(err)
-			}
-			h := hist[topic]
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer prod.Close()
-				// A steady rate of 2,000 records/s per producer (20 per 10 ms).
-				tick := time.NewTicker(10 * time.Millisecond)
-				defer tick.Stop()
-				for seq := 0; ; seq++ {
-					if seq%20 == 0 {
-						select {
-						case <-stop:
-							if err := prod.Flush(ctx); err != nil {
-								t.Errorf("flush: %v", err)
-							}
-							return
-						case <-tick.C:
-						}
-					}
-					v := fmt.Sprintf("p%d-%07d", id, seq)
-					prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
-						if r.Err != nil {
-							h.Failed(v)
-							if failed.Add(1) <= 3 {
-								t.Errorf("a producer saw an error (it should only ever see retried 429s): %v", r.Err)
-							}
-							return
-						}
-						acked.Add(1)
-						h.Acked(checker.Ack{Producer: id, Seq: seq, Value: v, Partition: r.Partition, Offset: r.Offset})
-					})
-				}
-			}()
-		}
+		loads[topic] = loadgen.StartT(t, ctx, []*client.Client{sdk}, loadgen.Config{Topic: topic, Producers: 2, FirstID: ti * 2,
+			Rate: 2000, Options: []client.ProducerOption{client.BatchBytes(16 << 10), client.MaxBufferedBytes(512 << 10),
+				client.RequestTimeout(5 * time.Minute), client.MaxRetryDuration(10 * time.Minute)}})
 	}
+	acked := func() int64 { return loads["sw"].Acked() + loads["sd"].Acked() }
 	// rate samples acks per second over d.
 	rate := func(d time.Duration) float64 {
-		a0 := acked.Load()
-		time.Sleep(d)
-		return float64(acked.Load()-a0) / d.Seconds()
+		a0 := acked()
+		measurementWindow(d)
+		return float64(acked()-a0) / d.Seconds()
 	}
 	rate(2 * time.Second) // warm up
 	var base []float64
@@ -149,8 +109,17 @@ func TestS3Storm(t *testing.T) {
 	if recovered < 0 || recovered > 10*time.Second {
 		t.Errorf("throughput did not recover to the pre-storm level within 10s (took %v)", recovered)
 	}
-	close(stop)
-	wg.Wait()
+	for topic, l := range loads {
+		if err := l.Stop(); err != nil {
+			t.Errorf("%s: stop producers: %v", topic, err)
+		}
+		// The producers retry 429s for 10 minutes: any error is one they
+		// should never have seen.
+		if n := l.Failed(); n > 0 {
+			fs := l.Failures()
+			t.Errorf("%s: %d records failed (producers should only ever see retried 429s), first: %v", topic, n, fs[:min(3, len(fs))])
+		}
+	}
 
 	codes := produceCodes(t, p.URL)
 	t.Logf("gateway Produce answers by code: %v; fault proxy: %+v", codes, px.Stats())
@@ -162,8 +131,8 @@ func TestS3Storm(t *testing.T) {
 	if codes["resource_exhausted"] == 0 {
 		t.Errorf("no 429 during a 100%% storm: backpressure never engaged")
 	}
-	for topic, h := range hist {
-		res := h.Check(readAll(t, ctx, sdk, topic, partitions))
+	for topic, l := range loads {
+		res := l.History().Check(readAll(t, ctx, sdk, topic, partitions))
 		t.Logf("%s: acked %d, failed %d, read %d", topic, res.Acked, res.Failed, res.Read)
 		if err := res.Err(); err != nil {
 			t.Errorf("%s: %v", topic, err)

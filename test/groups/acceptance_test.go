@@ -6,8 +6,6 @@ import (
 	"net/http"
 	"sort"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/client"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 )
 
 const (
@@ -83,54 +82,6 @@ func (c *cluster) leader(old *devproc.Proc) *devproc.Proc {
 		return false
 	})
 	return out
-}
-
-// producers write keyed records through the gateway until stopped.
-type producers struct {
-	acked, failed atomic.Int64
-	stop          chan struct{}
-	wg            sync.WaitGroup
-}
-
-func startProducers(t *testing.T, ctx context.Context, sdk *client.Client, n int) *producers {
-	p := &producers{stop: make(chan struct{})}
-	for id := range n {
-		prod, err := sdk.NewProducer(topic, client.Linger(5*time.Millisecond), client.MaxRetryDuration(time.Minute))
-		if err != nil {
-			t.Fatal(err)
-		}
-		p.wg.Add(1)
-		go func() {
-			defer p.wg.Done()
-			defer prod.Close()
-			tick := time.NewTicker(2 * time.Millisecond) // pacing: about 500 records/s per producer
-			defer tick.Stop()
-			for seq := 0; ; seq++ {
-				select {
-				case <-p.stop:
-					if err := prod.Flush(ctx); err != nil {
-						t.Errorf("flush: %v", err)
-					}
-					return
-				case <-tick.C:
-				}
-				v := fmt.Sprintf("p%d-%07d", id, seq)
-				prod.Produce(ctx, client.Record{Key: []byte(v), Value: []byte(v)}, func(r client.Result) {
-					if r.Err != nil {
-						p.failed.Add(1)
-						return
-					}
-					p.acked.Add(1)
-				})
-			}
-		}()
-	}
-	return p
-}
-
-func (p *producers) close() {
-	close(p.stop)
-	p.wg.Wait()
 }
 
 // rebalance is the measured outcome of one membership event.
@@ -272,10 +223,13 @@ func TestGroupAcceptance(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sdk.Close()
-	prods := startProducers(t, ctx, sdk, 2)
+	// Two producers writing keyed records through the gateway throughout,
+	// paced at 500 records/s each (one every 2 ms).
+	prods := loadgen.StartT(t, ctx, []*client.Client{sdk}, loadgen.Config{Topic: topic, Producers: 2, Rate: 500, Tick: 2 * time.Millisecond,
+		CountOnly: true, Options: []client.ProducerOption{client.Linger(5 * time.Millisecond), client.MaxRetryDuration(time.Minute)}})
 	progress := func(what string, n int64) { // producers made n more acks
-		target := prods.acked.Load() + n
-		waitFor(t, what, time.Minute, func() bool { return prods.acked.Load() >= target })
+		target := prods.Acked() + n
+		waitFor(t, what, time.Minute, func() bool { return prods.Acked() >= target })
 	}
 	progress("first acks", 500)
 
@@ -345,8 +299,10 @@ func TestGroupAcceptance(t *testing.T) {
 	rejoinWall := time.Since(t0) + waitStable("c4 joined after the failover", 2)
 	progress("load after the failover", 500)
 
-	prods.close()
-	t.Logf("producers: %d acked, %d failed", prods.acked.Load(), prods.failed.Load())
+	if err := prods.Stop(); err != nil {
+		t.Errorf("stop producers: %v", err)
+	}
+	t.Logf("producers: %d acked, %d failed", prods.Acked(), prods.Failed())
 	desc, err := admin.DescribeTopic(ctx, connect.NewRequest(&v1.DescribeTopicRequest{Name: topic}))
 	if err != nil {
 		t.Fatal(err)
@@ -357,8 +313,8 @@ func TestGroupAcceptance(t *testing.T) {
 		end[p.Partition] = p.HighWatermark
 		total += p.HighWatermark
 	}
-	if total < prods.acked.Load() {
-		t.Fatalf("the topic holds %d records, fewer than the %d acknowledged", total, prods.acked.Load())
+	if total < prods.Acked() {
+		t.Fatalf("the topic holds %d records, fewer than the %d acknowledged", total, prods.Acked())
 	}
 	waitFor(t, "the group to catch up (lag 0)", 2*time.Minute, func() bool {
 		d := describeGroup(groups, group, false)

@@ -13,32 +13,27 @@ import (
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/client"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 )
 
-// produceMany writes n small records to topic with the SDK's batching
-// producer (acks wal) and fails the test if any is not acknowledged.
+// produceMany writes n small records to topic with one of the SDK's
+// batching producers (acks wal) and fails the test if any is not
+// acknowledged.
 func produceMany(t *testing.T, sdk *client.Client, topic string, n int) {
 	t.Helper()
-	prod, err := sdk.NewProducer(topic, client.Acks(v1.Acks_ACKS_WAL), client.BatchBytes(1<<20), client.Linger(5*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer prod.Close()
-	ctx := ctxT(t, 5*time.Minute)
-	var failed atomic.Int64
-	var firstErr atomic.Value
-	for i := range n {
-		prod.Produce(ctx, client.Record{Value: fmt.Appendf(nil, "payment-%07d", i)}, func(r client.Result) {
-			if r.Err != nil && failed.Add(1) == 1 {
-				firstErr.Store(r.Err)
-			}
-		})
-	}
-	if err := prod.Flush(ctx); err != nil {
+	// payment-0000000, payment-0000001, ...: keyless, so the sticky
+	// partitioner fills big batches.
+	l := loadgen.StartT(t, ctxT(t, 5*time.Minute), []*client.Client{sdk}, loadgen.Config{Topic: topic, Records: n, Keyless: true,
+		Value: func(_, seq int) []byte { return fmt.Appendf(nil, "payment-%07d", seq) }, Acks: v1.Acks_ACKS_WAL, CountOnly: true,
+		Options: []client.ProducerOption{client.BatchBytes(1 << 20), client.Linger(5 * time.Millisecond)}})
+	if err := l.Wait(); err != nil {
 		t.Fatalf("flush: %v", err)
 	}
-	if failed.Load() > 0 {
-		t.Fatalf("%d of %d records failed, first: %v", failed.Load(), n, firstErr.Load())
+	if fs := l.Failures(); len(fs) > 0 {
+		t.Fatalf("%d of %d records failed, first: %v", l.Failed(), n, fs[0].Err)
+	}
+	if l.Acked() != int64(n) {
+		t.Fatalf("%d of %d records acknowledged", l.Acked(), n)
 	}
 }
 
