@@ -65,6 +65,13 @@ Commands:
             ratio (median of the per-round ratios), e.g.
             go run ./test/bench tracecost --start --durability durable --rounds 7
 
+Producer settings (unless --linger or --max-inflight is given): wal topics 1 ms
+linger and 1 request in flight per partition; durable topics 25 ms linger and 16
+in flight, because a durable ack waits for the next flush (250 ms) and with one
+request in flight a partition's next batch would wait a whole cycle before being
+sent. Keyless records stick to a partition for one batch's worth of bytes (the
+SDK's uniform sticky partitioner).
+
 Target (one of):
   --url URL       drive a running deployment (its gateway, e.g. http://127.0.0.1:8080)
   --start         build cmd/streamhouse (from this workspace) and run 'streamhouse dev'
@@ -102,9 +109,11 @@ type options struct {
 	quiet    bool
 	cpuprof  string
 
-	w          workload
-	durability string
-	mode       string
+	w           workload
+	lingerSet   bool // --linger given: use it for every durability
+	inflightSet bool // --max-inflight given
+	durability  string
+	mode        string
 
 	smoke          bool
 	coldRecords    int64
@@ -147,8 +156,8 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&w.KeySpace, "key-space", 1024, "distinct keys with --keys random")
 	fs.StringVar(&o.durability, "durability", "wal", "topic durability and acks: wal (ack after WAL fdatasync) or durable (ack after object PUT + Raft commit)")
 	fs.IntVar(&w.BatchBytes, "batch-bytes", 1<<20, "producer batch size in bytes (SDK BatchBytes); NATS async window = records per batch x --max-inflight")
-	fs.DurationVar(&w.Linger, "linger", 5*time.Millisecond, "producer linger (SDK Linger)")
-	fs.IntVar(&w.MaxInFlight, "max-inflight", 1, "requests in flight per partition per producer (SDK MaxInFlightPerPartition)")
+	fs.DurationVar(&w.Linger, "linger", 0, "producer linger (SDK Linger); unset: 1ms for wal, 25ms for durable (see 'Producer settings' in --help)")
+	fs.IntVar(&w.MaxInFlight, "max-inflight", 0, "requests in flight per partition per producer (SDK MaxInFlightPerPartition); unset: 1 for wal, 16 for durable")
 	fs.DurationVar(&w.Duration, "duration", 10*time.Second, "how long each produce phase runs")
 	fs.Int64Var(&w.Count, "records", 0, "produce: stop after this many records instead of --duration; consume --mode cold: records to prefill (default 1000000)")
 	fs.Float64Var(&w.Rate, "rate", 0, "offered load in records/s over all producers; 0 = as fast as possible (e2e and consume --mode hot default 50000)")
@@ -196,6 +205,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 		return 2
 	}
+	fs.Visit(func(f *flag.Flag) {
+		switch f.Name {
+		case "linger":
+			o.lingerSet = true
+		case "max-inflight":
+			o.inflightSet = true
+		}
+	})
 	if err := o.validate(); err != nil {
 		fmt.Fprintf(stderr, "bench: %v\n", err)
 		return 2
@@ -261,8 +278,14 @@ func (o *options) validate() error {
 		return fmt.Errorf("--mode must be cold or hot, got %q", o.mode)
 	}
 	w := o.w
-	if w.Partitions < 1 || w.Producers < 1 || w.Consumers < 1 || w.RecordSize < 8 || w.BatchBytes < 1 || w.MaxInFlight < 1 {
-		return errors.New("--partitions, --producers, --consumers, --batch-bytes and --max-inflight must be at least 1, --record-size at least 8")
+	if o.lingerSet && w.Linger < 0 {
+		return errors.New("--linger must not be negative")
+	}
+	if o.inflightSet && w.MaxInFlight < 1 {
+		return errors.New("--max-inflight must be at least 1")
+	}
+	if w.Partitions < 1 || w.Producers < 1 || w.Consumers < 1 || w.RecordSize < 8 || w.BatchBytes < 1 {
+		return errors.New("--partitions, --producers, --consumers and --batch-bytes must be at least 1, --record-size at least 8")
 	}
 	if o.rounds < 1 {
 		return errors.New("--rounds must be at least 1")
@@ -271,6 +294,42 @@ func (o *options) validate() error {
 		return errors.New("give a positive --duration or --records")
 	}
 	return nil
+}
+
+// Producer settings per durability, used unless --linger or --max-inflight
+// is given. They are what a user would pick for each kind of topic:
+//   - wal acks come after a group-commit fdatasync (about a millisecond), so
+//     a 1 ms linger costs little throughput and keeps latency low; one
+//     request in flight per partition keeps Produce order.
+//   - durable acks come only after the next flush (every 250 ms) is uploaded
+//     and committed. With one request in flight, a partition's next batch
+//     waits for that whole cycle before it is even sent, so records wait
+//     about two cycles. Sixteen in flight with a 25 ms linger keep sending
+//     while earlier batches wait for their flush (Kafka's default is 5 in
+//     flight; its acks take milliseconds, not a flush interval).
+const (
+	walLinger          = time.Millisecond
+	walMaxInFlight     = 1
+	durableLinger      = 25 * time.Millisecond
+	durableMaxInFlight = 16
+)
+
+// producerSettings fills w's linger and in-flight limit from the flags or,
+// when they were not given, from the per-durability settings above.
+func (o *options) producerSettings(w workload) workload {
+	if !o.lingerSet {
+		w.Linger = walLinger
+		if w.Durable {
+			w.Linger = durableLinger
+		}
+	}
+	if !o.inflightSet {
+		w.MaxInFlight = walMaxInFlight
+		if w.Durable {
+			w.MaxInFlight = durableMaxInFlight
+		}
+	}
+	return w
 }
 
 func writeJSONFile(path string, rep *Report) error {
@@ -447,6 +506,7 @@ func execute(ctx context.Context, o *options, stderr io.Writer) (*Report, error)
 // appends one Result per system. rateOf, when set, gives a system's offered
 // load (for "half of max load").
 func runRounds(ctx context.Context, e *env, r *runner, rep *Report, name, kind string, w workload, withNATS bool, rateOf func(sys string) float64) error {
+	w = e.o.producerSettings(w)
 	systems := e.each(withNATS)
 	results := make([]*Result, len(systems))
 	for i, s := range systems {
@@ -458,10 +518,15 @@ func runRounds(ctx context.Context, e *env, r *runner, rep *Report, name, kind s
 		rep.Results = append(rep.Results, results[i])
 	}
 	var errs []error
+	defer func() {
+		for _, res := range results {
+			res.summarize()
+		}
+	}()
 	for round := 1; round <= e.o.rounds; round++ {
 		for i, s := range systems {
 			if ctx.Err() != nil {
-				return ctx.Err()
+				return ctx.Err() // the rounds run so far are summarised
 			}
 			sw := w
 			if rateOf != nil {
@@ -499,9 +564,6 @@ func runRounds(ctx context.Context, e *env, r *runner, rep *Report, name, kind s
 			}
 			results[i].Rounds = append(results[i].Rounds, rd)
 		}
-	}
-	for _, res := range results {
-		res.summarize()
 	}
 	return errors.Join(errs...)
 }

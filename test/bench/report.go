@@ -293,7 +293,11 @@ func (r *Report) writeTable(w io.Writer) {
 	fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t")
 	for _, x := range r.Results {
 		if x.Skipped != "" || x.Median == nil {
-			fmt.Fprintf(tw, "| %s\t %s\t skipped: %s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", x.Name, x.System, x.Skipped)
+			why := x.Skipped
+			if why == "" {
+				why = "no round completed (interrupted)"
+			}
+			fmt.Fprintf(tw, "| %s\t %s\t skipped: %s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", x.Name, x.System, why)
 			continue
 		}
 		m := x.Median

@@ -167,7 +167,7 @@ func executeTraceCost(ctx context.Context, o *options, stderr io.Writer) (*Repor
 	if o.quiet {
 		r.progress = nil
 	}
-	w := o.w
+	w := o.producerSettings(o.w)
 	name := fmt.Sprintf("produce-%s-%dp", w.durability(), w.Partitions)
 	systems := []*shSystem{off, on}
 	results := make([]*Result, 2)
