@@ -35,6 +35,7 @@ import (
 	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/pkg/objfile"
 	"github.com/streamhouse/streamhouse/pkg/objstore"
 	"github.com/streamhouse/streamhouse/pkg/objstore/guard"
 )
@@ -166,6 +167,10 @@ type Agent struct {
 	hbMu     sync.Mutex // serialises heartbeats
 	lastHB   time.Time  // when the last successful heartbeat was sent
 	flushNow chan struct{}
+	// builder assembles each flush's object. Only the upload loop uses it;
+	// it is kept across flushes so its buffer (up to FlushBytes) is
+	// allocated once rather than regrown from empty at every flush.
+	builder *objfile.Builder
 
 	ctx     context.Context // cancelled by Close after the final flush
 	cancel  context.CancelFunc
@@ -231,7 +236,7 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 	a := &Agent{
 		cfg: cfg, log: log, wal: w, incarnation: randomHex(8), guard: g,
 		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
-		flushNow: make(chan struct{}, 1), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
+		flushNow: make(chan struct{}, 1), builder: objfile.NewBuilder(), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
 	}
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if st := w.Stats(); st.TruncatedBytes > 0 || st.QuarantinedSegments > 0 {

@@ -115,7 +115,8 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 		return parts[i].key.partition < parts[j].key.partition
 	})
 
-	b := objfile.NewBuilder()
+	b := a.builder
+	b.Reset() // an earlier flush may have failed half-way
 	var plans []uploadPlan
 	var corrupt []*partition // partitions whose next frame to upload is unreadable
 	budget := a.cfg.FlushBytes
