@@ -110,18 +110,7 @@ func TestAgentListHeartbeatAge(t *testing.T) {
 // heartbeat to it.
 func TestAgentListAnsweredByLeader(t *testing.T) {
 	ms, _ := startThree(t)
-	waitFor(t, 10*time.Second, "a leader whose address followers know", func() bool {
-		l := leaderOf(ms)
-		if l == nil {
-			return false
-		}
-		for _, m := range ms {
-			if m.node.LeaderAPIAddress() != l.srv.Listener.Addr().String() {
-				return false
-			}
-		}
-		return true
-	})
+	waitLeaderKnown(t, ms)
 	hc := h2cClient()
 	defer hc.CloseIdleConnections()
 	ctx := context.Background()

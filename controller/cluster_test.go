@@ -135,12 +135,10 @@ func leaderOf(ms []*member) *member {
 	return nil
 }
 
-// TestThreeVoterCluster: a real Raft cluster of three over TCP elects a
-// leader, replicates topics to every voter, forwards writes sent to a
-// follower, survives the loss of its leader (measuring the time to a new
-// one), and adds and removes voters.
-func TestThreeVoterCluster(t *testing.T) {
-	ms, peers := startThree(t)
+// waitLeaderKnown waits until ms has a leader whose API address every
+// member knows (so forwarding to it works).
+func waitLeaderKnown(t *testing.T, ms []*member) {
+	t.Helper()
 	waitFor(t, 10*time.Second, "a leader whose address followers know", func() bool {
 		l := leaderOf(ms)
 		if l == nil {
@@ -153,6 +151,15 @@ func TestThreeVoterCluster(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// TestThreeVoterCluster: a real Raft cluster of three over TCP elects a
+// leader, replicates topics to every voter, forwards writes sent to a
+// follower, survives the loss of its leader (measuring the time to a new
+// one), and adds and removes voters.
+func TestThreeVoterCluster(t *testing.T) {
+	ms, peers := startThree(t)
+	waitLeaderKnown(t, ms)
 	hc := h2cClient()
 	defer hc.CloseIdleConnections()
 	var follower *member

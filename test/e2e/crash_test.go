@@ -14,6 +14,7 @@ import (
 	"github.com/streamhouse/streamhouse/pkg/objstore/s3test"
 	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
+	"github.com/streamhouse/streamhouse/test/loadgen"
 )
 
 const (
@@ -139,21 +140,10 @@ func runCrash(t *testing.T, durability v1.Durability, acks v1.Acks, args ...stri
 
 // readAll reads every partition from 0 to its high watermark.
 func readAll(t *testing.T, ctx context.Context, sdk *client.Client, topic string, partitions int32) []checker.Read {
-	var reads []checker.Read
-	for part := range partitions {
-		r := sdk.NewReader(topic, part, 0, client.MaxWait(0))
-		for {
-			recs, err := r.Next(ctx)
-			if err != nil {
-				t.Fatalf("read %s/%d at %d: %v", topic, part, r.Offset(), err)
-			}
-			for _, rec := range recs {
-				reads = append(reads, checker.Read{Partition: part, Offset: rec.Offset, Value: string(rec.Value)})
-			}
-			if r.Offset() >= r.HighWatermark() {
-				break
-			}
-		}
+	t.Helper()
+	reads, err := loadgen.ReadAll(ctx, sdk, topic, partitions)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return reads
 }

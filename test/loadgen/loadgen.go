@@ -180,25 +180,20 @@ func (l *Load) run(i int, p *client.Producer) {
 	}
 	for seq := 0; l.cfg.Records == 0 || seq < l.cfg.Records; seq++ {
 		if tick != nil && seq%burst == 0 {
-			select {
-			case <-l.stop:
-				l.finish(id, p)
-				return
-			case <-l.ctx.Done():
-				l.finish(id, p)
-				return
+			select { // the next burst, unless stopped first (checked below)
 			case <-tick:
-			}
-		} else {
-			select {
 			case <-l.stop:
-				l.finish(id, p)
-				return
 			case <-l.ctx.Done():
-				l.finish(id, p)
-				return
-			default:
 			}
+		}
+		select {
+		case <-l.stop:
+			l.finish(id, p)
+			return
+		case <-l.ctx.Done():
+			l.finish(id, p)
+			return
+		default:
 		}
 		l.produce(i, id, seq, p)
 	}
@@ -328,4 +323,27 @@ func (l *Load) WaitAcked(ctx context.Context, n int64) error {
 		}
 	}
 	return nil
+}
+
+// ReadAll reads partitions 0..partitions-1 of topic from offset 0 up to the
+// high watermark each had when its read began, for a checker to hold
+// against a History.
+func ReadAll(ctx context.Context, sdk *client.Client, topic string, partitions int32) ([]checker.Read, error) {
+	var reads []checker.Read
+	for part := range partitions {
+		r := sdk.NewReader(topic, part, 0, client.MaxWait(0))
+		for {
+			recs, err := r.Next(ctx)
+			if err != nil {
+				return reads, fmt.Errorf("read %s/%d at %d: %w", topic, part, r.Offset(), err)
+			}
+			for _, rec := range recs {
+				reads = append(reads, checker.Read{Partition: part, Offset: rec.Offset, Value: string(rec.Value)})
+			}
+			if r.Offset() >= r.HighWatermark() {
+				break
+			}
+		}
+	}
+	return reads, nil
 }

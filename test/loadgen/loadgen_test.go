@@ -40,21 +40,10 @@ func dev(t *testing.T, topic string) (*client.Client, string) {
 // readAll reads every partition of topic from offset 0 to its high
 // watermark.
 func readAll(t *testing.T, ctx context.Context, sdk *client.Client, topic string) []checker.Read {
-	var reads []checker.Read
-	for part := range int32(4) {
-		r := sdk.NewReader(topic, part, 0, client.MaxWait(0))
-		for {
-			recs, err := r.Next(ctx)
-			if err != nil {
-				t.Fatalf("read %s/%d at %d: %v", topic, part, r.Offset(), err)
-			}
-			for _, rec := range recs {
-				reads = append(reads, checker.Read{Partition: part, Offset: rec.Offset, Value: string(rec.Value)})
-			}
-			if r.Offset() >= r.HighWatermark() {
-				break
-			}
-		}
+	t.Helper()
+	reads, err := loadgen.ReadAll(ctx, sdk, topic, 4)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return reads
 }
