@@ -1,10 +1,13 @@
 // Package controller is StreamHouse's metadata service: a Raft-replicated
-// FSM (package fsm) of topics, partition leases, the object index and
-// committed end offsets, served over the AdminService and ControllerService
-// Connect contracts.
+// FSM (package fsm) of topics, partition leases, the object index,
+// committed end offsets and consumer groups, served over the AdminService,
+// ControllerService, ClusterService and GroupService Connect contracts.
 //
-// Writes go through Raft on the leader. This issue runs a single voter; the
-// distributed-core issue adds more voters and forwarding to the leader.
+// Writes go through Raft on the leader. A cluster has three or five voters
+// (streamhouse dev runs one); a request that reaches a follower is
+// forwarded to the leader, in one place (Node.ForwardToLeader). What only
+// the leader knows, such as agents' heartbeats, lives in its memory and is
+// learnt again by a new leader within a heartbeat interval.
 package controller
 
 import (
