@@ -27,6 +27,13 @@ func (s *streamLayer) Addr() net.Addr {
 	return s.Listener.Addr()
 }
 
+// advertiseAddr is a TCP address as given (host:port, the host possibly a
+// name), not resolved.
+type advertiseAddr string
+
+func (a advertiseAddr) Network() string { return "tcp" }
+func (a advertiseAddr) String() string  { return string(a) }
+
 // newTCPTransport serves Raft on ln (or, when ln is nil, on a new listener
 // bound to bind), advertising advertise when set.
 func newTCPTransport(ln net.Listener, bind, advertise string, hlog hclog.Logger) (*raft.NetworkTransport, error) {
@@ -38,12 +45,15 @@ func newTCPTransport(ln net.Listener, bind, advertise string, hlog hclog.Logger)
 	}
 	layer := &streamLayer{Listener: ln}
 	if advertise != "" {
-		a, err := net.ResolveTCPAddr("tcp", advertise)
-		if err != nil {
+		// Resolve once only to reject a typo at start-up; advertise the name
+		// itself, so that peers and followers (which learn the leader's
+		// address from this) dial a stable DNS name, such as a StatefulSet
+		// pod's, and resolve it when they dial, not an IP the pod may lose.
+		if _, err := net.ResolveTCPAddr("tcp", advertise); err != nil {
 			ln.Close()
 			return nil, fmt.Errorf("raft advertise address %q: %w", advertise, err)
 		}
-		layer.advertise = a
+		layer.advertise = advertiseAddr(advertise)
 	} else if tcp, ok := ln.Addr().(*net.TCPAddr); ok && tcp.IP.IsUnspecified() {
 		ln.Close()
 		return nil, fmt.Errorf("raft listens on %s, a wildcard address: set the advertise address other voters dial", ln.Addr())
