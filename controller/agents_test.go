@@ -145,19 +145,41 @@ func TestAgentListAnsweredByLeader(t *testing.T) {
 	// steps (its lease is 250 ms), so each check is retried against the
 	// leader of the moment; what must never happen is an answer from a
 	// node that is not the leader, or no heartbeat age from the leader.
-	var last string
-	waitFor(t, 10*time.Second, "the leader's heartbeat age for a1, asked through a follower", func() bool {
-		leader, follower = leaderOf(ms), followerOf()
-		if leader == nil || follower == nil || heartbeat(follower) != nil {
-			return false
+	var last string // the last answer seen, reported if the test fails
+	defer func() {
+		if t.Failed() {
+			t.Logf("last answer: %s", last)
 		}
-		st, err := status(follower, true)
+	}()
+	// leaderAnswer asks f for the leader's status: the leader of the moment
+	// and its answer, or nil when there is none or another node answered.
+	leaderAnswer := func(f *member) (*member, *v1.StatusResponse) {
+		l := leaderOf(ms)
+		if l == nil || f == nil {
+			return nil, nil
+		}
+		st, err := status(f, true)
 		if err != nil {
 			last = err.Error()
+			return nil, nil
+		}
+		last = fmt.Sprintf("answered by %s (leader %s), agents %v", st.NodeId, l.id, st.Agents)
+		if st.NodeId != l.id || leaderOf(ms) != l {
+			return nil, nil
+		}
+		return l, st
+	}
+	waitFor(t, 10*time.Second, "the leader's heartbeat age for a1, asked through a follower", func() bool {
+		follower = followerOf()
+		if follower == nil || heartbeat(follower) != nil {
 			return false
 		}
-		last = fmt.Sprintf("answered by %s (leader %s), agents %v", st.NodeId, leader.id, st.Agents)
-		return st.NodeId == leader.id && heartbeatAges(st)["a1"] >= 0 && leaderOf(ms) == leader
+		l, st := leaderAnswer(follower)
+		if l == nil || heartbeatAges(st)["a1"] < 0 {
+			return false
+		}
+		leader = l
+		return true
 	})
 	t.Logf("through follower %s: %s", follower.id, last)
 	// Without the header the follower answers with its own Raft view, and
@@ -177,16 +199,9 @@ func TestAgentListAnsweredByLeader(t *testing.T) {
 	leader.stop()
 	var next *member
 	waitFor(t, 10*time.Second, "a new leader answering through a follower", func() bool {
-		l := leaderOf(ms)
-		if l == nil || l == leader {
-			return false
-		}
 		f := followerOf()
-		if f == nil {
-			return false
-		}
-		st, err := status(f, true)
-		if err != nil || st.NodeId != l.id {
+		l, _ := leaderAnswer(f)
+		if l == nil || l == leader {
 			return false
 		}
 		next, follower = l, f
@@ -200,16 +215,10 @@ func TestAgentListAnsweredByLeader(t *testing.T) {
 		t.Fatalf("new leader %s (answered by %s): heartbeat ages %v, want -1 for a1 before it heartbeats to the new leader", next.id, st.NodeId, got)
 	}
 	waitFor(t, 10*time.Second, "an age for a1 from the new leader after a1's heartbeat", func() bool {
-		l := leaderOf(ms)
-		if l == nil || heartbeat(follower) != nil {
+		if heartbeat(follower) != nil {
 			return false
 		}
-		st, err := status(follower, true)
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		last = fmt.Sprintf("answered by %s (leader %s), agents %v", st.NodeId, l.id, st.Agents)
-		return st.NodeId == l.id && heartbeatAges(st)["a1"] >= 0
+		l, st := leaderAnswer(follower)
+		return l != nil && heartbeatAges(st)["a1"] >= 0
 	})
 }

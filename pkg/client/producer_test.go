@@ -225,14 +225,12 @@ func TestKeyPartitioning(t *testing.T) {
 	}
 }
 
-func TestStickyKeyless(t *testing.T) {
-	const parts = 4
-	const perRun = 10 // records in a batch's worth of bytes
-	size := recordSize(&Record{Value: value(0)})
-	_, c := startFake(t, parts)
-	p := newProducer(t, c, Linger(time.Hour), BatchBytes(perRun*size))
+// produceKeyless produces n keyless records (value(0) to value(n-1)),
+// flushes, and returns the partition each went to, by index; any failed
+// record fails the test.
+func produceKeyless(t *testing.T, p *Producer, n int) []int32 {
+	t.Helper()
 	var col collector
-	const n = 10 * perRun
 	for i := range n {
 		p.Produce(context.Background(), Record{Value: value(i)}, col.cb(i))
 	}
@@ -248,6 +246,17 @@ func TestStickyKeyless(t *testing.T) {
 		}
 		byseq[col.seq[i]] = r.Partition
 	}
+	return byseq
+}
+
+func TestStickyKeyless(t *testing.T) {
+	const parts = 4
+	const perRun = 10 // records in a batch's worth of bytes
+	size := recordSize(&Record{Value: value(0)})
+	_, c := startFake(t, parts)
+	p := newProducer(t, c, Linger(time.Hour), BatchBytes(perRun*size))
+	const n = 10 * perRun
+	byseq := produceKeyless(t, p, n)
 	// Records stick to a partition for exactly a batch's worth of bytes,
 	// then move to another partition.
 	for run := 0; run < n/perRun; run++ {
@@ -269,20 +278,12 @@ func TestStickyKeyless(t *testing.T) {
 func TestStickyKeylessNoLinger(t *testing.T) {
 	g, c := startFake(t, 8)
 	p := newProducer(t, c, Linger(0))
-	var col collector
 	const n = 500
 	before := g.produceCalls.Load()
-	for i := range n {
-		p.Produce(context.Background(), Record{Value: value(i)}, col.cb(i))
-	}
-	if err := p.Flush(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	col.mu.Lock()
-	defer col.mu.Unlock()
-	for _, r := range col.res {
-		if r.Err != nil || r.Partition != col.res[0].Partition {
-			t.Fatalf("keyless records spread over partitions: %+v vs %d", r, col.res[0].Partition)
+	byseq := produceKeyless(t, p, n)
+	for i, part := range byseq {
+		if part != byseq[0] {
+			t.Fatalf("keyless records spread over partitions: record %d went to %d, record 0 to %d", i, part, byseq[0])
 		}
 	}
 	// With one request in flight per partition, n records need at most n
