@@ -27,9 +27,9 @@ func TestBadInput(t *testing.T) {
 	}
 	// Committed (acks durable) and reported by a heartbeat, so the only
 	// thing that could change the description now is the bad input.
-	for d := describe(t, c, "orders"); d.Partitions[1].HighWatermark != 2; d = describe(t, c, "orders") {
-		time.Sleep(20 * time.Millisecond)
-	}
+	waitFor(t, "the high watermark of orders/1 to reach 2", time.Minute, func() bool {
+		return describe(t, c, "orders").Partitions[1].HighWatermark == 2
+	})
 	before := describe(t, c, "orders")
 	listBefore, err := c.admin.ListTopics(ctx, connect.NewRequest(&v1.ListTopicsRequest{}))
 	if err != nil {

@@ -126,11 +126,27 @@ func TestWALAgentRestartKeepsData(t *testing.T) {
 		}
 	}
 	victim.Kill()
-	time.Sleep(2 * 3 * time.Second) // its leases lapse; the partitions must wait for it
-	for _, p := range owned {
-		if a := describe(t, cl, "w").Partitions[p].LeaderAddress; a != "" {
-			t.Fatalf("wal partition %d moved to %s before the handoff timeout", p, a)
+	// Its leases lapse (3 s) and its partitions must then wait for it
+	// (handoff timeout 1 min): at no point may one go to another agent.
+	checkNotMoved := func() {
+		for _, p := range owned {
+			if a := describe(t, cl, "w").Partitions[p].LeaderAddress; a != "" && a != victim.Addr {
+				t.Fatalf("wal partition %d moved to %s before the handoff timeout", p, a)
+			}
 		}
+	}
+	waitFor(t, "the killed agent's leases to lapse", time.Minute, func() bool {
+		checkNotMoved()
+		for _, p := range owned {
+			if describe(t, cl, "w").Partitions[p].LeaderAddress != "" {
+				return false
+			}
+		}
+		return true
+	})
+	// Two more lease periods in which the controller could wrongly move them.
+	for end := time.Now().Add(2 * 3 * time.Second); time.Now().Before(end); time.Sleep(100 * time.Millisecond) {
+		checkNotMoved()
 	}
 	victim.Restart()
 	for _, p := range owned {
