@@ -212,8 +212,10 @@ const (
 // ForwardToLeader wraps the node's API handler: a request to a node that is
 // not the Raft leader is proxied, whole and unchanged, to the leader's API
 // address. This is the one place forwarding happens, for every RPC; the
-// handlers behind it can assume they run on the leader. Without a known
-// leader the answer is Unavailable, which clients retry.
+// handlers behind it can assume they run on the leader. While no leader is
+// known the request is held for up to Config.LeaderWait (or its own
+// deadline); after that the answer is Unavailable, marked not applied, which
+// clients retry.
 func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 	transport := &http.Transport{}
 	protocols := new(http.Protocols)
@@ -221,15 +223,25 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 	transport.Protocols = protocols
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		local := localProcedures[r.URL.Path] && r.Header.Get(ReadFromHeader) != ReadFromLeader
-		if n.IsLeader() || !strings.HasPrefix(r.URL.Path, "/streamhouse.v1.") || local {
+		if !strings.HasPrefix(r.URL.Path, "/streamhouse.v1.") || local {
 			next.ServeHTTP(w, r)
 			return
 		}
-		leader := n.LeaderAPIAddress()
-		if leader == "" || r.Header.Get(forwardedHeader) != "" {
-			// Nothing was applied: safe for any client to retry.
+		if by := r.Header.Get(forwardedHeader); by != "" && !n.IsLeader() {
+			// One hop only: two nodes with stale views of the leader must
+			// not bounce a request between them. Nothing was applied.
 			ew := connect.NewErrorWriter()
-			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, errors.New("no controller leader is known yet; retry")))
+			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("controller %s forwarded this request here as to the leader, but leadership has moved on; retry", by)))
+			return
+		}
+		leader, self := n.awaitLeader(r.Context())
+		if self {
+			next.ServeHTTP(w, r)
+			return
+		}
+		if leader == "" {
+			ew := connect.NewErrorWriter()
+			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("no controller leader is known (waited up to %v for an election); retry", n.cfg.LeaderWait)))
 			return
 		}
 		target := &url.URL{Scheme: "http", Host: leader}
@@ -246,6 +258,47 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 		}
 		proxy.ServeHTTP(w, r)
 	})
+}
+
+// awaitLeader returns where a request should go: to this node (self), or
+// to the leader's API address. While neither is known it checks again
+// every 20 ms, for up to Config.LeaderWait or until ctx ends or the node
+// stops, and then returns "" and false.
+func (n *Node) awaitLeader(ctx context.Context) (addr string, self bool) {
+	var deadline <-chan time.Time
+	if n.cfg.LeaderWait > 0 {
+		t := time.NewTimer(n.cfg.LeaderWait)
+		defer t.Stop()
+		deadline = t.C
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	counted := false
+	for {
+		if n.IsLeader() {
+			return "", true
+		}
+		if a := n.LeaderAPIAddress(); a != "" {
+			return a, false
+		}
+		if deadline == nil {
+			return "", false
+		}
+		if !counted {
+			counted = true
+			n.awaitingLeader.Add(1)
+			defer n.awaitingLeader.Add(-1)
+		}
+		select {
+		case <-ctx.Done():
+			return "", false
+		case <-deadline:
+			return "", false
+		case <-n.stop:
+			return "", false
+		case <-tick.C:
+		}
+	}
 }
 
 // writeUnavailable answers with a Connect Unavailable error in the

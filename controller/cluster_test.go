@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +15,7 @@ import (
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/controller/fsm"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // member is one voter of a test cluster, with its API served over h2c.
@@ -274,4 +276,89 @@ func startThree(t *testing.T) ([]*member, []Peer) {
 		}
 	})
 	return ms, peers
+}
+
+// TestFollowerHoldsRequestsWithoutLeader: a request that reaches a follower
+// while no leader is known is held (Config.LeaderWait) and completes once an
+// election brings one, instead of failing; with no leader for the whole
+// wait it fails Unavailable, marked not applied.
+func TestFollowerHoldsRequestsWithoutLeader(t *testing.T) {
+	ms, peers := startThree(t)
+	waitLeaderKnown(t, ms)
+	var survivor *member
+	var gone []*member
+	for _, m := range ms {
+		if survivor == nil && !m.node.IsLeader() {
+			survivor = m
+		} else {
+			gone = append(gone, m)
+		}
+	}
+	// Quorum lost: the survivor forgets the leader after its heartbeat timeout.
+	for _, m := range gone {
+		m.stop()
+	}
+	waitFor(t, 10*time.Second, "the survivor to know no leader", func() bool {
+		return survivor.node.LeaderAPIAddress() == "" && !survivor.node.IsLeader()
+	})
+	hc := h2cClient()
+	defer hc.CloseIdleConnections()
+	admin := streamhousev1connect.NewAdminServiceClient(hc, "http://"+survivor.srv.Listener.Addr().String())
+
+	// A request with a deadline shorter than the wait ends at its deadline.
+	short, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	_, err := admin.CreateTopic(short, connect.NewRequest(&v1.CreateTopicRequest{Name: "early", Partitions: 1}))
+	cancel()
+	if connect.CodeOf(err) != connect.CodeDeadlineExceeded {
+		t.Fatalf("create with a 200ms deadline and no leader = %v, want DeadlineExceeded", err)
+	}
+	waitFor(t, 10*time.Second, "the cancelled request to be let go", func() bool { return survivor.node.awaitingLeader.Load() == 0 })
+
+	// A request held while the election happens completes.
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := admin.CreateTopic(ctx, connect.NewRequest(&v1.CreateTopicRequest{Name: "held", Partitions: 1}))
+		done <- err
+	}()
+	waitFor(t, 10*time.Second, "the request to be held", func() bool { return survivor.node.awaitingLeader.Load() == 1 })
+	gone[0].start(t, peers)
+	if err := <-done; err != nil {
+		t.Fatalf("create held through an election: %v", err)
+	}
+	if n := survivor.node.awaitingLeader.Load(); n != 0 {
+		t.Errorf("%d requests still counted as held", n)
+	}
+}
+
+// TestNoLeaderUnavailableAfterWait: without any leader for the whole of
+// Config.LeaderWait, a follower answers Unavailable marked not applied.
+func TestNoLeaderUnavailableAfterWait(t *testing.T) {
+	ms := []*member{newMember(t, "c1"), newMember(t, "c2")}
+	peers := []Peer{{ID: "c1", RaftAddress: ms[0].raftLn.Addr().String()}, {ID: "c2", RaftAddress: ms[1].raftLn.Addr().String()}}
+	// Only c1 of a two-voter cluster runs: it can never elect a leader.
+	ms[1].raftLn.Close()
+	n, err := Open(context.Background(), Config{NodeID: "c1", DataDir: ms[0].dir, RaftListener: ms[0].raftLn,
+		APIAddress: ms[0].srv.Listener.Addr().String(), InitialCluster: peers, LeaderWait: 300 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ms[0].node = n
+	ms[0].handler.mu.Lock()
+	ms[0].handler.h = apiHandler(n)
+	ms[0].handler.mu.Unlock()
+	t.Cleanup(func() { ms[0].stop(); ms[0].srv.Close(); ms[1].srv.Close() })
+
+	hc := h2cClient()
+	defer hc.CloseIdleConnections()
+	admin := streamhousev1connect.NewAdminServiceClient(hc, "http://"+ms[0].srv.Listener.Addr().String())
+	start := time.Now()
+	_, err = admin.CreateTopic(context.Background(), connect.NewRequest(&v1.CreateTopicRequest{Name: "t", Partitions: 1}))
+	if connect.CodeOf(err) != connect.CodeUnavailable || !rpcerr.IsNotApplied(err) || !strings.Contains(err.Error(), "no controller leader") {
+		t.Fatalf("create with no leader = %v, want Unavailable, not applied, naming the missing leader", err)
+	}
+	if took := time.Since(start); took < 300*time.Millisecond {
+		t.Errorf("answered after %v, before the 300ms LeaderWait", took)
+	}
 }

@@ -28,6 +28,7 @@ import (
 //	streamhouse_controller_raft_last_log_index,
 //	streamhouse_controller_raft_commit_lag_entries  stored but not yet committed (last log - commit index)
 //	streamhouse_controller_raft_apply_lag_entries   committed but not yet applied (commit - applied index)
+//	streamhouse_controller_requests_awaiting_leader requests held until a leader is known (Config.LeaderWait)
 //	streamhouse_controller_agent_heartbeat_age_seconds{agent}  leader only: time since the agent's last heartbeat
 var (
 	uncleanHandoffs    = metrics.NewCounter("streamhouse_controller_unclean_handoffs_total")
@@ -67,6 +68,7 @@ func (n *Node) registerNodeMetrics() {
 	set.NewGauge("streamhouse_controller_raft_apply_lag_entries", func() float64 {
 		return float64(lag(n.raft.CommitIndex(), n.raft.AppliedIndex()))
 	})
+	set.NewGauge("streamhouse_controller_requests_awaiting_leader", func() float64 { return float64(n.awaitingLeader.Load()) })
 	set.RegisterMetricsWriter(n.writeHeartbeatAges)
 	metrics.RegisterSet(set)
 	n.metrics = set

@@ -20,6 +20,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/VictoriaMetrics/metrics"
@@ -81,6 +82,12 @@ type Config struct {
 	// MetricsPartitionLag exports per-partition group lag series
 	// (streamhouse_controller_group_partition_lag_records).
 	MetricsPartitionLag bool
+	// LeaderWait is how long a follower holds a request while it knows no
+	// leader (an election, or a new leader whose API address has not
+	// reached this node yet) before answering Unavailable, so that a
+	// leader change is a pause for clients rather than an error (Consul's
+	// rpc_hold_timeout). Default 5s; negative answers at once.
+	LeaderWait time.Duration
 }
 
 // clustered reports whether the node runs Raft over TCP (a cluster) rather
@@ -105,6 +112,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.WALHandoffTimeout == 0 {
 		c.WALHandoffTimeout = 60 * time.Second
+	}
+	if c.LeaderWait == 0 {
+		c.LeaderWait = 5 * time.Second
 	}
 	if c.WALHandoffTimeout < 0 {
 		return fmt.Errorf("controller: wal handoff timeout %v is negative", c.WALHandoffTimeout)
@@ -144,6 +154,9 @@ type Node struct {
 
 	metrics  *metrics.Set   // per-node gauges (registerNodeMetrics)
 	observer *raft.Observer // counts leader changes
+	// awaitingLeader counts requests held by ForwardToLeader until a
+	// leader is known (streamhouse_controller_requests_awaiting_leader).
+	awaitingLeader atomic.Int64
 
 	groups *groupCoord // consumer group coordinator (group_service.go)
 

@@ -32,6 +32,7 @@ type controllerConfig struct {
 	Join           string
 	LeaseDuration  time.Duration
 	WALHandoff     time.Duration
+	LeaderWait     time.Duration
 	Groups         groupConfig
 	Gossip         gossipConfig
 }
@@ -72,6 +73,9 @@ forwarded to the leader.`,
 			if _, err := cfg.peers(); err != nil {
 				return usageError{err}
 			}
+			if cfg.LeaderWait < 0 {
+				return usageError{fmt.Errorf("--leader-wait %v is negative", cfg.LeaderWait)}
+			}
 			if cfg.InitialCluster != "" && cfg.Join != "" {
 				return usageError{errors.New("give either --initial-cluster (a new cluster) or --join (an existing one), not both")}
 			}
@@ -89,11 +93,21 @@ forwarded to the leader.`,
 	f.StringVar(&cfg.Join, "join", "", "API addresses of an existing cluster's controllers to join: host:port,...")
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.WALHandoff, "wal-handoff-timeout", 60*time.Second, "how long a wal topic's partition waits for a vanished agent to come back before it moves (losing that agent's un-uploaded tail)")
+	f.DurationVar(&cfg.LeaderWait, "leader-wait", 5*time.Second, "how long a follower holds a request while it knows no leader (during an election) before answering Unavailable; 0 answers at once")
 	cfg.Gossip.addFlags(f)
 	cfg.Groups.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
+}
+
+// leaderWait maps the --leader-wait flag onto controller.Config, which
+// reads 0 as "the default" where the flag's 0 means "do not wait".
+func leaderWait(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 func runController(ctx context.Context, cfg controllerConfig) error {
@@ -131,6 +145,7 @@ func runController(ctx context.Context, cfg controllerConfig) error {
 	ccfg := controller.Config{
 		Gateways: gateways,
 		NodeID:   cfg.NodeID, DataDir: cfg.DataDir, LeaseDuration: cfg.LeaseDuration, WALHandoffTimeout: cfg.WALHandoff, Logger: log,
+		LeaderWait:   leaderWait(cfg.LeaderWait),
 		RaftListener: raftLn, RaftAdvertise: raftAdvertise, APIAddress: advertise, InitialCluster: peers,
 	}
 	cfg.Groups.apply(&ccfg)
