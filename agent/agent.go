@@ -171,6 +171,9 @@ type Agent struct {
 	// it is kept across flushes so its buffer (up to FlushBytes) is
 	// allocated once rather than regrown from empty at every flush.
 	builder *objfile.Builder
+	// walScratch is the upload loop's buffer for reading WAL frames back
+	// (each is copied into the builder), kept for the same reason.
+	walScratch []byte
 
 	ctx     context.Context // cancelled by Close after the final flush
 	cancel  context.CancelFunc

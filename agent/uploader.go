@@ -138,7 +138,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 			if e.BaseOffset != end {
 				break
 			}
-			data, err := a.wal.Read(e.Pos)
+			data, err := a.wal.ReadInto(&a.walScratch, e.Pos) // copied by b.Add
 			if errors.Is(err, wal.ErrCorrupt) {
 				// Upload what precedes the bad frame now; once the bad frame
 				// is the first left to upload, give the partition up (below).

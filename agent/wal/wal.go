@@ -597,6 +597,15 @@ func (w *WAL) dropCommitted(ps *partState) {
 // ErrSegmentNotFound if the segment was deleted or quarantined. The returned
 // slice is owned by the caller.
 func (w *WAL) Read(pos Pos) ([]byte, error) {
+	var buf []byte
+	return w.ReadInto(&buf, pos)
+}
+
+// ReadInto is Read into *buf, which it grows (and keeps grown) when it is
+// shorter than the frame, so that a loop reading many frames allocates
+// once. The returned bytes alias *buf: they are valid until the next use of
+// *buf.
+func (w *WAL) ReadInto(buf *[]byte, pos Pos) ([]byte, error) {
 	if w.closed.Load() {
 		return nil, ErrClosed
 	}
@@ -613,11 +622,14 @@ func (w *WAL) Read(pos Pos) ([]byte, error) {
 		return nil, fmt.Errorf("%w: %d", ErrSegmentNotFound, pos.Segment)
 	}
 	defer s.release()
-	buf := make([]byte, pos.Length)
-	if _, err := s.rf.ReadAt(buf, pos.Offset); err != nil {
+	if cap(*buf) < int(pos.Length) {
+		*buf = make([]byte, pos.Length)
+	}
+	frame := (*buf)[:pos.Length]
+	if _, err := s.rf.ReadAt(frame, pos.Offset); err != nil {
 		return nil, fmt.Errorf("%w: read %s at %d: %w", ErrCorrupt, s.path, pos.Offset, err)
 	}
-	f, n, err := decodeFrame(buf)
+	f, n, err := decodeFrame(frame)
 	if err != nil {
 		if errors.Is(err, errShortFrame) {
 			err = fmt.Errorf("%w: frame longer than position length", ErrCorrupt)
@@ -625,9 +637,9 @@ func (w *WAL) Read(pos Pos) ([]byte, error) {
 		noteCorruption()
 		return nil, fmt.Errorf("read %s at %d: %w", s.path, pos.Offset, err)
 	}
-	if n != len(buf) {
+	if n != len(frame) {
 		noteCorruption()
-		return nil, fmt.Errorf("%w: %s at %d: frame is %d bytes, position says %d", ErrCorrupt, s.path, pos.Offset, n, len(buf))
+		return nil, fmt.Errorf("%w: %s at %d: frame is %d bytes, position says %d", ErrCorrupt, s.path, pos.Offset, n, len(frame))
 	}
 	return f.Data, nil
 }

@@ -126,7 +126,8 @@ type part struct {
 // Builder assembles one object. Add batches, then call Finish. The zero
 // value is not usable; use NewBuilder. A Builder is not safe for concurrent
 // use. Added batches are copied into an internal buffer that the Builder
-// keeps (for reuse) after Finish.
+// keeps for reuse, so an agent that builds an object per flush allocates it
+// once.
 type Builder struct {
 	parts []*part
 	index map[partKey]*part
@@ -187,8 +188,9 @@ func (b *Builder) Add(topic string, partition int32, batchBytes []byte) error {
 func (b *Builder) Len() int { return len(b.arena) }
 
 // Finish returns the whole object and its sections (in layout order), and
-// resets the Builder so it can be reused. It returns ErrEmpty if no batch
-// was added.
+// resets the Builder so it can be reused. The object may share the
+// Builder's buffer: it is valid until the next Add, so copy it to keep it
+// longer. It returns ErrEmpty if no batch was added.
 func (b *Builder) Finish() ([]byte, []Section, error) {
 	if len(b.parts) == 0 {
 		return nil, nil, ErrEmpty
@@ -204,16 +206,41 @@ func (b *Builder) Finish() ([]byte, []Section, error) {
 	if len(footer) > math.MaxUint32 {
 		return nil, nil, fmt.Errorf("objfile: footer too large (%d bytes)", len(footer))
 	}
-	obj := make([]byte, 0, len(b.arena)+len(footer)+TrailerSize)
-	for _, p := range b.parts {
-		for _, sp := range p.spans {
-			obj = append(obj, b.arena[sp[0]:sp[1]]...)
+	var obj []byte
+	if b.inLayoutOrder() {
+		// Partition by partition, as the agent adds: the buffer already
+		// holds the sections in layout order, so the object is the buffer
+		// plus footer and trailer, without a copy.
+		obj = append(b.arena, footer...)
+		obj = appendTrailer(obj, footer)
+		b.arena = obj
+	} else {
+		obj = make([]byte, 0, len(b.arena)+len(footer)+TrailerSize)
+		for _, p := range b.parts {
+			for _, sp := range p.spans {
+				obj = append(obj, b.arena[sp[0]:sp[1]]...)
+			}
 		}
+		obj = append(obj, footer...)
+		obj = appendTrailer(obj, footer)
 	}
-	obj = append(obj, footer...)
-	obj = appendTrailer(obj, footer)
 	b.Reset()
 	return obj, sections, nil
+}
+
+// inLayoutOrder reports whether the batches lie in the buffer in the order
+// of the object's layout: section by section, each in offset order.
+func (b *Builder) inLayoutOrder() bool {
+	next := 0
+	for _, p := range b.parts {
+		for _, sp := range p.spans {
+			if sp[0] != next {
+				return false
+			}
+			next = sp[1]
+		}
+	}
+	return true
 }
 
 // Reset discards everything added since the last Finish. The internal

@@ -55,7 +55,8 @@ type Store interface {
 	// with an error wrapping ErrExists otherwise (leaving the existing object
 	// untouched). Of many concurrent PutIfAbsent calls on one key exactly one
 	// succeeds. Atomic: readers see all of data or no object at all. When it
-	// returns nil the object is durable.
+	// returns nil the object is durable. It does not keep data after it
+	// returns (callers reuse the buffer).
 	PutIfAbsent(ctx context.Context, key string, data []byte) error
 
 	// Get returns length bytes starting at offset (length < 0: to the end).
