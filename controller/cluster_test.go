@@ -76,8 +76,12 @@ func (m *member) start(t *testing.T, peers []Peer) {
 		}
 		m.raftLn = ln
 	}
+	// A generous LeaderWait: an election on a loaded machine (CI, -race)
+	// may take more than the default 5s, and a request held through it
+	// must not fail the test. TestNoLeaderUnavailableAfterWait checks what
+	// happens when the wait runs out.
 	n, err := Open(context.Background(), Config{NodeID: m.id, DataDir: m.dir, RaftListener: m.raftLn,
-		APIAddress: m.srv.Listener.Addr().String(), InitialCluster: peers})
+		APIAddress: m.srv.Listener.Addr().String(), InitialCluster: peers, LeaderWait: 20 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
