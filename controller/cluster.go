@@ -265,40 +265,39 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 // every 20 ms, for up to Config.LeaderWait or until ctx ends or the node
 // stops, and then returns "" and false.
 func (n *Node) awaitLeader(ctx context.Context) (addr string, self bool) {
-	var deadline <-chan time.Time
-	if n.cfg.LeaderWait > 0 {
-		t := time.NewTimer(n.cfg.LeaderWait)
-		defer t.Stop()
-		deadline = t.C
+	if addr, self, ok := n.leaderNow(); ok || n.cfg.LeaderWait <= 0 {
+		return addr, self
 	}
+	n.awaitingLeader.Add(1)
+	defer n.awaitingLeader.Add(-1)
+	deadline := time.NewTimer(n.cfg.LeaderWait)
+	defer deadline.Stop()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	counted := false
 	for {
-		if n.IsLeader() {
-			return "", true
-		}
-		if a := n.LeaderAPIAddress(); a != "" {
-			return a, false
-		}
-		if deadline == nil {
-			return "", false
-		}
-		if !counted {
-			counted = true
-			n.awaitingLeader.Add(1)
-			defer n.awaitingLeader.Add(-1)
-		}
 		select {
 		case <-ctx.Done():
 			return "", false
-		case <-deadline:
+		case <-deadline.C:
 			return "", false
 		case <-n.stop:
 			return "", false
 		case <-tick.C:
 		}
+		if addr, self, ok := n.leaderNow(); ok {
+			return addr, self
+		}
 	}
+}
+
+// leaderNow reports whether this node leads (self) or else the leader's API
+// address; ok is false while neither is known.
+func (n *Node) leaderNow() (addr string, self, ok bool) {
+	if n.IsLeader() {
+		return "", true, true
+	}
+	addr = n.LeaderAPIAddress()
+	return addr, false, addr != ""
 }
 
 // writeUnavailable answers with a Connect Unavailable error in the
