@@ -229,9 +229,8 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 		}
 		if by := r.Header.Get(forwardedHeader); by != "" && !n.IsLeader() {
 			// One hop only: two nodes with stale views of the leader must
-			// not bounce a request between them. Nothing was applied.
-			ew := connect.NewErrorWriter()
-			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("controller %s forwarded this request here as to the leader, but leadership has moved on; retry", by)))
+			// not bounce a request between them.
+			writeNotApplied(w, r, fmt.Errorf("controller %s forwarded this request here as to the leader, but leadership has moved on; retry", by))
 			return
 		}
 		leader, self := n.awaitLeader(r.Context())
@@ -240,8 +239,7 @@ func (n *Node) ForwardToLeader(next http.Handler) http.Handler {
 			return
 		}
 		if leader == "" {
-			ew := connect.NewErrorWriter()
-			_ = ew.Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("no controller leader is known (waited up to %v for an election); retry", n.cfg.LeaderWait)))
+			writeNotApplied(w, r, fmt.Errorf("no controller leader is known (waited up to %v for an election); retry", n.cfg.LeaderWait))
 			return
 		}
 		target := &url.URL{Scheme: "http", Host: leader}
@@ -298,6 +296,13 @@ func (n *Node) leaderNow() (addr string, self, ok bool) {
 	}
 	addr = n.LeaderAPIAddress()
 	return addr, false, addr != ""
+}
+
+// writeNotApplied answers with a Connect Unavailable error marked not
+// applied (rpcerr.NotApplied: safe for any client to retry), in the
+// request's protocol.
+func writeNotApplied(w http.ResponseWriter, r *http.Request, err error) {
+	_ = connect.NewErrorWriter().Write(w, r, rpcerr.NotApplied(connect.CodeUnavailable, err))
 }
 
 // writeUnavailable answers with a Connect Unavailable error in the
