@@ -131,15 +131,7 @@ func TestAgentListAnsweredByLeader(t *testing.T) {
 		return err
 	}
 	status := func(via *member, fromLeader bool) (*v1.StatusResponse, error) {
-		req := connect.NewRequest(&v1.StatusRequest{})
-		if fromLeader {
-			req.Header().Set(ReadFromHeader, ReadFromLeader)
-		}
-		st, err := streamhousev1connect.NewClusterServiceClient(hc, url(via)).Status(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		return st.Msg, nil
+		return clusterStatus(ctx, streamhousev1connect.NewClusterServiceClient(hc, url(via)), fromLeader)
 	}
 	// Under -race on a loaded machine the leader can change between two
 	// steps (its lease is 250 ms), so each check is retried against the

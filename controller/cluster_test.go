@@ -26,6 +26,8 @@ type member struct {
 	node    *Node
 	srv     *httptest.Server
 	handler *swapHandler
+	// leaderWait is the node's Config.LeaderWait; zero: 20s (see start).
+	leaderWait time.Duration
 }
 
 type swapHandler struct {
@@ -76,12 +78,16 @@ func (m *member) start(t *testing.T, peers []Peer) {
 		}
 		m.raftLn = ln
 	}
-	// A generous LeaderWait: an election on a loaded machine (CI, -race)
-	// may take more than the default 5s, and a request held through it
-	// must not fail the test. TestNoLeaderUnavailableAfterWait checks what
-	// happens when the wait runs out.
+	// A generous LeaderWait by default: an election on a loaded machine
+	// (CI, -race) may take more than the default 5s, and a request held
+	// through it must not fail the test. TestNoLeaderUnavailableAfterWait
+	// sets a short one to see what happens when the wait runs out.
+	wait := m.leaderWait
+	if wait == 0 {
+		wait = 20 * time.Second
+	}
 	n, err := Open(context.Background(), Config{NodeID: m.id, DataDir: m.dir, RaftListener: m.raftLn,
-		APIAddress: m.srv.Listener.Addr().String(), InitialCluster: peers, LeaderWait: 20 * time.Second})
+		APIAddress: m.srv.Listener.Addr().String(), InitialCluster: peers, LeaderWait: wait})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,16 +238,7 @@ func TestThreeVoterCluster(t *testing.T) {
 	})
 	// A follower answers Status from its own copy of the configuration,
 	// which trails the leader's; ask the leader for the committed view.
-	leaderStatus := func() (*v1.StatusResponse, error) {
-		req := connect.NewRequest(&v1.StatusRequest{})
-		req.Header().Set(ReadFromHeader, ReadFromLeader)
-		res, err := cluster.Status(ctx, req)
-		if err != nil {
-			return nil, err
-		}
-		return res.Msg, nil
-	}
-	st, err := leaderStatus()
+	st, err := clusterStatus(ctx, cluster, true)
 	if err != nil || len(st.Voters) != 4 || st.LeaderId == "" || st.Term == 0 {
 		t.Fatalf("status with 4 voters: %v %v", st, err)
 	}
@@ -251,15 +248,29 @@ func TestThreeVoterCluster(t *testing.T) {
 	if _, err := cluster.RemoveVoter(ctx, connect.NewRequest(&v1.RemoveVoterRequest{Id: "nope"})); connect.CodeOf(err) != connect.CodeNotFound {
 		t.Fatalf("remove unknown voter = %v, want NotFound", err)
 	}
-	st, err = leaderStatus()
+	st, err = clusterStatus(ctx, cluster, true)
 	if err != nil || len(st.Voters) != 3 {
 		t.Fatalf("leader's status after removal: %v %v", st, err)
 	}
 	// The follower learns of the removal when the entry reaches it.
 	waitFor(t, 10*time.Second, "the follower to see 3 voters", func() bool {
-		res, err := cluster.Status(ctx, connect.NewRequest(&v1.StatusRequest{}))
-		return err == nil && len(res.Msg.Voters) == 3
+		st, err := clusterStatus(ctx, cluster, false)
+		return err == nil && len(st.Voters) == 3
 	})
+}
+
+// clusterStatus asks cc for ClusterService.Status: the answering node's own
+// view, or with fromLeader the leader's (ReadFromHeader).
+func clusterStatus(ctx context.Context, cc streamhousev1connect.ClusterServiceClient, fromLeader bool) (*v1.StatusResponse, error) {
+	req := connect.NewRequest(&v1.StatusRequest{})
+	if fromLeader {
+		req.Header().Set(ReadFromHeader, ReadFromLeader)
+	}
+	res, err := cc.Status(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	return res.Msg, nil
 }
 
 // startThree starts a three-voter cluster of members, stopped at the end of
@@ -343,22 +354,15 @@ func TestNoLeaderUnavailableAfterWait(t *testing.T) {
 	peers := []Peer{{ID: "c1", RaftAddress: ms[0].raftLn.Addr().String()}, {ID: "c2", RaftAddress: ms[1].raftLn.Addr().String()}}
 	// Only c1 of a two-voter cluster runs: it can never elect a leader.
 	ms[1].raftLn.Close()
-	n, err := Open(context.Background(), Config{NodeID: "c1", DataDir: ms[0].dir, RaftListener: ms[0].raftLn,
-		APIAddress: ms[0].srv.Listener.Addr().String(), InitialCluster: peers, LeaderWait: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ms[0].node = n
-	ms[0].handler.mu.Lock()
-	ms[0].handler.h = apiHandler(n)
-	ms[0].handler.mu.Unlock()
+	ms[0].leaderWait = 300 * time.Millisecond
+	ms[0].start(t, peers)
 	t.Cleanup(func() { ms[0].stop(); ms[0].srv.Close(); ms[1].srv.Close() })
 
 	hc := h2cClient()
 	defer hc.CloseIdleConnections()
 	admin := streamhousev1connect.NewAdminServiceClient(hc, "http://"+ms[0].srv.Listener.Addr().String())
 	start := time.Now()
-	_, err = admin.CreateTopic(context.Background(), connect.NewRequest(&v1.CreateTopicRequest{Name: "t", Partitions: 1}))
+	_, err := admin.CreateTopic(context.Background(), connect.NewRequest(&v1.CreateTopicRequest{Name: "t", Partitions: 1}))
 	if connect.CodeOf(err) != connect.CodeUnavailable || !rpcerr.IsNotApplied(err) || !strings.Contains(err.Error(), "no controller leader") {
 		t.Fatalf("create with no leader = %v, want Unavailable, not applied, naming the missing leader", err)
 	}
