@@ -22,13 +22,11 @@ const (
 )
 
 type AppendRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	Topic     string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
-	Partition int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
-	// One Kafka RecordBatch v2; its base offset is assigned by the agent.
-	Batch []byte `protobuf:"bytes,3,opt,name=batch,proto3" json:"batch,omitempty"`
-	// DURABLE or WAL; UNSPECIFIED uses the topic's durability.
-	Acks          Acks `protobuf:"varint,4,opt,name=acks,proto3,enum=streamhouse.v1.Acks" json:"acks,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// DURABLE or WAL; UNSPECIFIED uses each topic's durability.
+	Acks Acks `protobuf:"varint,4,opt,name=acks,proto3,enum=streamhouse.v1.Acks" json:"acks,omitempty"`
+	// At most one entry per (topic, partition).
+	Entries       []*AppendEntry `protobuf:"bytes,5,rep,name=entries,proto3" json:"entries,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -63,27 +61,6 @@ func (*AppendRequest) Descriptor() ([]byte, []int) {
 	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{0}
 }
 
-func (x *AppendRequest) GetTopic() string {
-	if x != nil {
-		return x.Topic
-	}
-	return ""
-}
-
-func (x *AppendRequest) GetPartition() int32 {
-	if x != nil {
-		return x.Partition
-	}
-	return 0
-}
-
-func (x *AppendRequest) GetBatch() []byte {
-	if x != nil {
-		return x.Batch
-	}
-	return nil
-}
-
 func (x *AppendRequest) GetAcks() Acks {
 	if x != nil {
 		return x.Acks
@@ -91,17 +68,86 @@ func (x *AppendRequest) GetAcks() Acks {
 	return Acks_ACKS_UNSPECIFIED
 }
 
-type AppendResponse struct {
+func (x *AppendRequest) GetEntries() []*AppendEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+// AppendEntry is one Kafka RecordBatch v2 for one partition; its base offset
+// is assigned by the agent.
+type AppendEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	BaseOffset    int64                  `protobuf:"varint,1,opt,name=base_offset,json=baseOffset,proto3" json:"base_offset,omitempty"`
-	RecordCount   int32                  `protobuf:"varint,2,opt,name=record_count,json=recordCount,proto3" json:"record_count,omitempty"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Batch         []byte                 `protobuf:"bytes,3,opt,name=batch,proto3" json:"batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendEntry) Reset() {
+	*x = AppendEntry{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendEntry) ProtoMessage() {}
+
+func (x *AppendEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendEntry.ProtoReflect.Descriptor instead.
+func (*AppendEntry) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AppendEntry) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *AppendEntry) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *AppendEntry) GetBatch() []byte {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
+type AppendResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per entry, in request order.
+	Results       []*AppendResult `protobuf:"bytes,3,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AppendResponse) Reset() {
 	*x = AppendResponse{}
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -113,7 +159,7 @@ func (x *AppendResponse) String() string {
 func (*AppendResponse) ProtoMessage() {}
 
 func (x *AppendResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -126,21 +172,76 @@ func (x *AppendResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppendResponse.ProtoReflect.Descriptor instead.
 func (*AppendResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{1}
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{2}
 }
 
-func (x *AppendResponse) GetBaseOffset() int64 {
+func (x *AppendResponse) GetResults() []*AppendResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// AppendResult is the outcome of one AppendEntry.
+type AppendResult struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	BaseOffset  int64                  `protobuf:"varint,1,opt,name=base_offset,json=baseOffset,proto3" json:"base_offset,omitempty"`
+	RecordCount int32                  `protobuf:"varint,2,opt,name=record_count,json=recordCount,proto3" json:"record_count,omitempty"`
+	// Set when the entry failed; base_offset and record_count are then 0.
+	Error         *EntryError `protobuf:"bytes,3,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AppendResult) Reset() {
+	*x = AppendResult{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AppendResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AppendResult) ProtoMessage() {}
+
+func (x *AppendResult) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AppendResult.ProtoReflect.Descriptor instead.
+func (*AppendResult) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AppendResult) GetBaseOffset() int64 {
 	if x != nil {
 		return x.BaseOffset
 	}
 	return 0
 }
 
-func (x *AppendResponse) GetRecordCount() int32 {
+func (x *AppendResult) GetRecordCount() int32 {
 	if x != nil {
 		return x.RecordCount
 	}
 	return 0
+}
+
+func (x *AppendResult) GetError() *EntryError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
 }
 
 type ReadRequest struct {
@@ -158,7 +259,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -170,7 +271,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -183,7 +284,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{2}
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ReadRequest) GetTopic() string {
@@ -242,7 +343,7 @@ type ReadResponse struct {
 
 func (x *ReadResponse) Reset() {
 	*x = ReadResponse{}
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[3]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -254,7 +355,7 @@ func (x *ReadResponse) String() string {
 func (*ReadResponse) ProtoMessage() {}
 
 func (x *ReadResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_agent_proto_msgTypes[3]
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -267,7 +368,7 @@ func (x *ReadResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadResponse.ProtoReflect.Descriptor instead.
 func (*ReadResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{3}
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReadResponse) GetBatches() []byte {
@@ -298,20 +399,299 @@ func (x *ReadResponse) GetNextOffset() int64 {
 	return 0
 }
 
+type ReadPartitionsRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Partitions []*ReadPartition       `protobuf:"bytes,1,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// How long to wait when fewer than min_bytes are ready; 0 answers at once.
+	MaxWaitMs int32 `protobuf:"varint,2,opt,name=max_wait_ms,json=maxWaitMs,proto3" json:"max_wait_ms,omitempty"`
+	// Answer as soon as this many bytes are ready over all partitions (Kafka's
+	// fetch.min.bytes); 0 means 1: as soon as any partition has data.
+	MinBytes int32 `protobuf:"varint,3,opt,name=min_bytes,json=minBytes,proto3" json:"min_bytes,omitempty"`
+	// Soft limit of the whole answer (Kafka's fetch.max.bytes); at least one
+	// batch is returned when there is one. 0 uses 50 MiB.
+	MaxBytes      int32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadPartitionsRequest) Reset() {
+	*x = ReadPartitionsRequest{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadPartitionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadPartitionsRequest) ProtoMessage() {}
+
+func (x *ReadPartitionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadPartitionsRequest.ProtoReflect.Descriptor instead.
+func (*ReadPartitionsRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *ReadPartitionsRequest) GetPartitions() []*ReadPartition {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+func (x *ReadPartitionsRequest) GetMaxWaitMs() int32 {
+	if x != nil {
+		return x.MaxWaitMs
+	}
+	return 0
+}
+
+func (x *ReadPartitionsRequest) GetMinBytes() int32 {
+	if x != nil {
+		return x.MinBytes
+	}
+	return 0
+}
+
+func (x *ReadPartitionsRequest) GetMaxBytes() int32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+// ReadPartition asks for one partition from offset.
+type ReadPartition struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Topic     string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset    int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Soft limit for this partition; 0 uses 1 MiB.
+	MaxBytes int32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// As FetchRequest.last_epoch.
+	LastEpoch     int32 `protobuf:"varint,5,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadPartition) Reset() {
+	*x = ReadPartition{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadPartition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadPartition) ProtoMessage() {}
+
+func (x *ReadPartition) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadPartition.ProtoReflect.Descriptor instead.
+func (*ReadPartition) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReadPartition) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ReadPartition) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *ReadPartition) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadPartition) GetMaxBytes() int32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *ReadPartition) GetLastEpoch() int32 {
+	if x != nil {
+		return x.LastEpoch
+	}
+	return 0
+}
+
+type ReadPartitionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per requested partition, in request order.
+	Results       []*ReadResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadPartitionsResponse) Reset() {
+	*x = ReadPartitionsResponse{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadPartitionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadPartitionsResponse) ProtoMessage() {}
+
+func (x *ReadPartitionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadPartitionsResponse.ProtoReflect.Descriptor instead.
+func (*ReadPartitionsResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ReadPartitionsResponse) GetResults() []*ReadResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+// ReadResult is one partition's answer, as ReadResponse, or its error.
+type ReadResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Batches       []byte                 `protobuf:"bytes,1,opt,name=batches,proto3" json:"batches,omitempty"`
+	HighWatermark int64                  `protobuf:"varint,2,opt,name=high_watermark,json=highWatermark,proto3" json:"high_watermark,omitempty"`
+	StartOffset   int64                  `protobuf:"varint,3,opt,name=start_offset,json=startOffset,proto3" json:"start_offset,omitempty"`
+	NextOffset    int64                  `protobuf:"varint,4,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	Error         *EntryError            `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadResult) Reset() {
+	*x = ReadResult{}
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadResult) ProtoMessage() {}
+
+func (x *ReadResult) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_agent_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadResult.ProtoReflect.Descriptor instead.
+func (*ReadResult) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_agent_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ReadResult) GetBatches() []byte {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+func (x *ReadResult) GetHighWatermark() int64 {
+	if x != nil {
+		return x.HighWatermark
+	}
+	return 0
+}
+
+func (x *ReadResult) GetStartOffset() int64 {
+	if x != nil {
+		return x.StartOffset
+	}
+	return 0
+}
+
+func (x *ReadResult) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *ReadResult) GetError() *EntryError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_streamhouse_v1_agent_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1astreamhouse/v1/agent.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\x83\x01\n" +
-	"\rAppendRequest\x12\x14\n" +
+	"\x1astreamhouse/v1/agent.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\x82\x01\n" +
+	"\rAppendRequest\x12(\n" +
+	"\x04acks\x18\x04 \x01(\x0e2\x14.streamhouse.v1.AcksR\x04acks\x125\n" +
+	"\aentries\x18\x05 \x03(\v2\x1b.streamhouse.v1.AppendEntryR\aentriesJ\x04\b\x01\x10\x02J\x04\b\x02\x10\x03J\x04\b\x03\x10\x04\"W\n" +
+	"\vAppendEntry\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x14\n" +
-	"\x05batch\x18\x03 \x01(\fR\x05batch\x12(\n" +
-	"\x04acks\x18\x04 \x01(\x0e2\x14.streamhouse.v1.AcksR\x04acks\"T\n" +
-	"\x0eAppendResponse\x12\x1f\n" +
+	"\x05batch\x18\x03 \x01(\fR\x05batch\"T\n" +
+	"\x0eAppendResponse\x126\n" +
+	"\aresults\x18\x03 \x03(\v2\x1c.streamhouse.v1.AppendResultR\aresultsJ\x04\b\x01\x10\x02J\x04\b\x02\x10\x03\"\x84\x01\n" +
+	"\fAppendResult\x12\x1f\n" +
 	"\vbase_offset\x18\x01 \x01(\x03R\n" +
 	"baseOffset\x12!\n" +
-	"\frecord_count\x18\x02 \x01(\x05R\vrecordCount\"\xb5\x01\n" +
+	"\frecord_count\x18\x02 \x01(\x05R\vrecordCount\x120\n" +
+	"\x05error\x18\x03 \x01(\v2\x1a.streamhouse.v1.EntryErrorR\x05error\"\xb5\x01\n" +
 	"\vReadRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
 	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
@@ -325,10 +705,35 @@ const file_streamhouse_v1_agent_proto_rawDesc = "" +
 	"\x0ehigh_watermark\x18\x02 \x01(\x03R\rhighWatermark\x12!\n" +
 	"\fstart_offset\x18\x03 \x01(\x03R\vstartOffset\x12\x1f\n" +
 	"\vnext_offset\x18\x04 \x01(\x03R\n" +
-	"nextOffset2\xa1\x01\n" +
+	"nextOffset\"\xb0\x01\n" +
+	"\x15ReadPartitionsRequest\x12=\n" +
+	"\n" +
+	"partitions\x18\x01 \x03(\v2\x1d.streamhouse.v1.ReadPartitionR\n" +
+	"partitions\x12\x1e\n" +
+	"\vmax_wait_ms\x18\x02 \x01(\x05R\tmaxWaitMs\x12\x1b\n" +
+	"\tmin_bytes\x18\x03 \x01(\x05R\bminBytes\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x05R\bmaxBytes\"\x97\x01\n" +
+	"\rReadPartition\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x05R\bmaxBytes\x12\x1d\n" +
+	"\n" +
+	"last_epoch\x18\x05 \x01(\x05R\tlastEpoch\"N\n" +
+	"\x16ReadPartitionsResponse\x124\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.streamhouse.v1.ReadResultR\aresults\"\xc3\x01\n" +
+	"\n" +
+	"ReadResult\x12\x18\n" +
+	"\abatches\x18\x01 \x01(\fR\abatches\x12%\n" +
+	"\x0ehigh_watermark\x18\x02 \x01(\x03R\rhighWatermark\x12!\n" +
+	"\fstart_offset\x18\x03 \x01(\x03R\vstartOffset\x12\x1f\n" +
+	"\vnext_offset\x18\x04 \x01(\x03R\n" +
+	"nextOffset\x120\n" +
+	"\x05error\x18\x05 \x01(\v2\x1a.streamhouse.v1.EntryErrorR\x05error2\x87\x02\n" +
 	"\fAgentService\x12I\n" +
 	"\x06Append\x12\x1d.streamhouse.v1.AppendRequest\x1a\x1e.streamhouse.v1.AppendResponse\"\x00\x12F\n" +
-	"\x04Read\x12\x1b.streamhouse.v1.ReadRequest\x1a\x1c.streamhouse.v1.ReadResponse\"\x03\x90\x02\x01BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
+	"\x04Read\x12\x1b.streamhouse.v1.ReadRequest\x1a\x1c.streamhouse.v1.ReadResponse\"\x03\x90\x02\x01\x12d\n" +
+	"\x0eReadPartitions\x12%.streamhouse.v1.ReadPartitionsRequest\x1a&.streamhouse.v1.ReadPartitionsResponse\"\x03\x90\x02\x01BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
 
 var (
 	file_streamhouse_v1_agent_proto_rawDescOnce sync.Once
@@ -342,25 +747,40 @@ func file_streamhouse_v1_agent_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_agent_proto_rawDescData
 }
 
-var file_streamhouse_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_streamhouse_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_streamhouse_v1_agent_proto_goTypes = []any{
-	(*AppendRequest)(nil),  // 0: streamhouse.v1.AppendRequest
-	(*AppendResponse)(nil), // 1: streamhouse.v1.AppendResponse
-	(*ReadRequest)(nil),    // 2: streamhouse.v1.ReadRequest
-	(*ReadResponse)(nil),   // 3: streamhouse.v1.ReadResponse
-	(Acks)(0),              // 4: streamhouse.v1.Acks
+	(*AppendRequest)(nil),          // 0: streamhouse.v1.AppendRequest
+	(*AppendEntry)(nil),            // 1: streamhouse.v1.AppendEntry
+	(*AppendResponse)(nil),         // 2: streamhouse.v1.AppendResponse
+	(*AppendResult)(nil),           // 3: streamhouse.v1.AppendResult
+	(*ReadRequest)(nil),            // 4: streamhouse.v1.ReadRequest
+	(*ReadResponse)(nil),           // 5: streamhouse.v1.ReadResponse
+	(*ReadPartitionsRequest)(nil),  // 6: streamhouse.v1.ReadPartitionsRequest
+	(*ReadPartition)(nil),          // 7: streamhouse.v1.ReadPartition
+	(*ReadPartitionsResponse)(nil), // 8: streamhouse.v1.ReadPartitionsResponse
+	(*ReadResult)(nil),             // 9: streamhouse.v1.ReadResult
+	(Acks)(0),                      // 10: streamhouse.v1.Acks
+	(*EntryError)(nil),             // 11: streamhouse.v1.EntryError
 }
 var file_streamhouse_v1_agent_proto_depIdxs = []int32{
-	4, // 0: streamhouse.v1.AppendRequest.acks:type_name -> streamhouse.v1.Acks
-	0, // 1: streamhouse.v1.AgentService.Append:input_type -> streamhouse.v1.AppendRequest
-	2, // 2: streamhouse.v1.AgentService.Read:input_type -> streamhouse.v1.ReadRequest
-	1, // 3: streamhouse.v1.AgentService.Append:output_type -> streamhouse.v1.AppendResponse
-	3, // 4: streamhouse.v1.AgentService.Read:output_type -> streamhouse.v1.ReadResponse
-	3, // [3:5] is the sub-list for method output_type
-	1, // [1:3] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	10, // 0: streamhouse.v1.AppendRequest.acks:type_name -> streamhouse.v1.Acks
+	1,  // 1: streamhouse.v1.AppendRequest.entries:type_name -> streamhouse.v1.AppendEntry
+	3,  // 2: streamhouse.v1.AppendResponse.results:type_name -> streamhouse.v1.AppendResult
+	11, // 3: streamhouse.v1.AppendResult.error:type_name -> streamhouse.v1.EntryError
+	7,  // 4: streamhouse.v1.ReadPartitionsRequest.partitions:type_name -> streamhouse.v1.ReadPartition
+	9,  // 5: streamhouse.v1.ReadPartitionsResponse.results:type_name -> streamhouse.v1.ReadResult
+	11, // 6: streamhouse.v1.ReadResult.error:type_name -> streamhouse.v1.EntryError
+	0,  // 7: streamhouse.v1.AgentService.Append:input_type -> streamhouse.v1.AppendRequest
+	4,  // 8: streamhouse.v1.AgentService.Read:input_type -> streamhouse.v1.ReadRequest
+	6,  // 9: streamhouse.v1.AgentService.ReadPartitions:input_type -> streamhouse.v1.ReadPartitionsRequest
+	2,  // 10: streamhouse.v1.AgentService.Append:output_type -> streamhouse.v1.AppendResponse
+	5,  // 11: streamhouse.v1.AgentService.Read:output_type -> streamhouse.v1.ReadResponse
+	8,  // 12: streamhouse.v1.AgentService.ReadPartitions:output_type -> streamhouse.v1.ReadPartitionsResponse
+	10, // [10:13] is the sub-list for method output_type
+	7,  // [7:10] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_agent_proto_init() }
@@ -375,7 +795,7 @@ func file_streamhouse_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_agent_proto_rawDesc), len(file_streamhouse_v1_agent_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -472,6 +472,97 @@ func (x *PartitionInfo) GetLeaderEpoch() int64 {
 	return 0
 }
 
+// EntryError is why one entry of a request that carries many (topic,
+// partition) entries failed. The other entries of the request are not
+// affected by it: each has its own result.
+type EntryError struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The Connect code name, as on the wire: "invalid_argument", "not_found",
+	// "failed_precondition", "resource_exhausted", "unavailable", "unknown",
+	// "out_of_range", "deadline_exceeded", "internal", ...
+	Code string `protobuf:"bytes,1,opt,name=code,proto3" json:"code,omitempty"`
+	// What went wrong, for a person.
+	Message string `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	// True when the server guarantees that nothing of the entry was written:
+	// a retry cannot duplicate it (the Streamhouse-Not-Applied mark of a
+	// whole-request error).
+	NotApplied bool `protobuf:"varint,3,opt,name=not_applied,json=notApplied,proto3" json:"not_applied,omitempty"`
+	// How long to wait before retrying (ResourceExhausted), as a whole-request
+	// error's Retry-After header; 0 when the server gave no hint.
+	RetryAfterMs int64 `protobuf:"varint,4,opt,name=retry_after_ms,json=retryAfterMs,proto3" json:"retry_after_ms,omitempty"`
+	// Fetch only: the partition moved uncleanly and the records read at and
+	// after this offset were lost; resume from it (the Streamhouse-Truncated-At
+	// metadata of a whole-request error). Unset when it does not apply.
+	TruncatedAt   *int64 `protobuf:"varint,5,opt,name=truncated_at,json=truncatedAt,proto3,oneof" json:"truncated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EntryError) Reset() {
+	*x = EntryError{}
+	mi := &file_streamhouse_v1_common_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EntryError) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EntryError) ProtoMessage() {}
+
+func (x *EntryError) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_common_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EntryError.ProtoReflect.Descriptor instead.
+func (*EntryError) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_common_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *EntryError) GetCode() string {
+	if x != nil {
+		return x.Code
+	}
+	return ""
+}
+
+func (x *EntryError) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *EntryError) GetNotApplied() bool {
+	if x != nil {
+		return x.NotApplied
+	}
+	return false
+}
+
+func (x *EntryError) GetRetryAfterMs() int64 {
+	if x != nil {
+		return x.RetryAfterMs
+	}
+	return 0
+}
+
+func (x *EntryError) GetTruncatedAt() int64 {
+	if x != nil && x.TruncatedAt != nil {
+		return *x.TruncatedAt
+	}
+	return 0
+}
+
 var File_streamhouse_v1_common_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_common_proto_rawDesc = "" +
@@ -507,7 +598,16 @@ const file_streamhouse_v1_common_proto_rawDesc = "" +
 	"\x14committed_end_offset\x18\x04 \x01(\x03R\x12committedEndOffset\x12&\n" +
 	"\x0fleader_agent_id\x18\x05 \x01(\tR\rleaderAgentId\x12%\n" +
 	"\x0eleader_address\x18\x06 \x01(\tR\rleaderAddress\x12!\n" +
-	"\fleader_epoch\x18\a \x01(\x03R\vleaderEpoch*<\n" +
+	"\fleader_epoch\x18\a \x01(\x03R\vleaderEpoch\"\xba\x01\n" +
+	"\n" +
+	"EntryError\x12\x12\n" +
+	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1f\n" +
+	"\vnot_applied\x18\x03 \x01(\bR\n" +
+	"notApplied\x12$\n" +
+	"\x0eretry_after_ms\x18\x04 \x01(\x03R\fretryAfterMs\x12&\n" +
+	"\ftruncated_at\x18\x05 \x01(\x03H\x00R\vtruncatedAt\x88\x01\x01B\x0f\n" +
+	"\r_truncated_at*<\n" +
 	"\x04Acks\x12\x14\n" +
 	"\x10ACKS_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fACKS_DURABLE\x10\x01\x12\f\n" +
@@ -531,7 +631,7 @@ func file_streamhouse_v1_common_proto_rawDescGZIP() []byte {
 }
 
 var file_streamhouse_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_streamhouse_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_streamhouse_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
 var file_streamhouse_v1_common_proto_goTypes = []any{
 	(Acks)(0),                     // 0: streamhouse.v1.Acks
 	(Durability)(0),               // 1: streamhouse.v1.Durability
@@ -539,13 +639,14 @@ var file_streamhouse_v1_common_proto_goTypes = []any{
 	(*Record)(nil),                // 3: streamhouse.v1.Record
 	(*TopicInfo)(nil),             // 4: streamhouse.v1.TopicInfo
 	(*PartitionInfo)(nil),         // 5: streamhouse.v1.PartitionInfo
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(*EntryError)(nil),            // 6: streamhouse.v1.EntryError
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_streamhouse_v1_common_proto_depIdxs = []int32{
 	2, // 0: streamhouse.v1.Record.headers:type_name -> streamhouse.v1.Header
-	6, // 1: streamhouse.v1.Record.timestamp:type_name -> google.protobuf.Timestamp
+	7, // 1: streamhouse.v1.Record.timestamp:type_name -> google.protobuf.Timestamp
 	1, // 2: streamhouse.v1.TopicInfo.durability:type_name -> streamhouse.v1.Durability
-	6, // 3: streamhouse.v1.TopicInfo.created_at:type_name -> google.protobuf.Timestamp
+	7, // 3: streamhouse.v1.TopicInfo.created_at:type_name -> google.protobuf.Timestamp
 	4, // [4:4] is the sub-list for method output_type
 	4, // [4:4] is the sub-list for method input_type
 	4, // [4:4] is the sub-list for extension type_name
@@ -558,13 +659,14 @@ func file_streamhouse_v1_common_proto_init() {
 	if File_streamhouse_v1_common_proto != nil {
 		return
 	}
+	file_streamhouse_v1_common_proto_msgTypes[4].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_common_proto_rawDesc), len(file_streamhouse_v1_common_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   4,
+			NumMessages:   5,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

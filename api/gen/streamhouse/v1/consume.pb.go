@@ -338,6 +338,316 @@ func (x *SubscribeResponse) GetNextOffset() int64 {
 	return 0
 }
 
+type FetchPartitionsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The partitions to read, at most one entry per (topic, partition).
+	Partitions []*FetchPartition `protobuf:"bytes,1,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	// How long to wait when fewer than min_bytes are ready; 0 returns at once.
+	MaxWaitMs int32 `protobuf:"varint,2,opt,name=max_wait_ms,json=maxWaitMs,proto3" json:"max_wait_ms,omitempty"`
+	// Return as soon as this many bytes are ready over all partitions (Kafka's
+	// fetch.min.bytes); 0 means 1: as soon as any partition has data.
+	MinBytes int32 `protobuf:"varint,3,opt,name=min_bytes,json=minBytes,proto3" json:"min_bytes,omitempty"`
+	// Soft limit of the whole response (Kafka's fetch.max.bytes); at least one
+	// batch is returned when there is one. 0 uses 50 MiB.
+	MaxBytes int32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// As FetchRequest.raw, for every partition.
+	Raw           bool `protobuf:"varint,5,opt,name=raw,proto3" json:"raw,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPartitionsRequest) Reset() {
+	*x = FetchPartitionsRequest{}
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPartitionsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPartitionsRequest) ProtoMessage() {}
+
+func (x *FetchPartitionsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPartitionsRequest.ProtoReflect.Descriptor instead.
+func (*FetchPartitionsRequest) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_consume_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *FetchPartitionsRequest) GetPartitions() []*FetchPartition {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+func (x *FetchPartitionsRequest) GetMaxWaitMs() int32 {
+	if x != nil {
+		return x.MaxWaitMs
+	}
+	return 0
+}
+
+func (x *FetchPartitionsRequest) GetMinBytes() int32 {
+	if x != nil {
+		return x.MinBytes
+	}
+	return 0
+}
+
+func (x *FetchPartitionsRequest) GetMaxBytes() int32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *FetchPartitionsRequest) GetRaw() bool {
+	if x != nil {
+		return x.Raw
+	}
+	return false
+}
+
+// FetchPartition asks for one partition from offset.
+type FetchPartition struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Topic     string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Offset    int64                  `protobuf:"varint,3,opt,name=offset,proto3" json:"offset,omitempty"`
+	// Soft limit for this partition (Kafka's max.partition.fetch.bytes); 0 uses
+	// 1 MiB.
+	MaxBytes int32 `protobuf:"varint,4,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// As FetchRequest.last_epoch.
+	LastEpoch     int32 `protobuf:"varint,5,opt,name=last_epoch,json=lastEpoch,proto3" json:"last_epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPartition) Reset() {
+	*x = FetchPartition{}
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPartition) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPartition) ProtoMessage() {}
+
+func (x *FetchPartition) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPartition.ProtoReflect.Descriptor instead.
+func (*FetchPartition) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_consume_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *FetchPartition) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *FetchPartition) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *FetchPartition) GetOffset() int64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *FetchPartition) GetMaxBytes() int32 {
+	if x != nil {
+		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *FetchPartition) GetLastEpoch() int32 {
+	if x != nil {
+		return x.LastEpoch
+	}
+	return 0
+}
+
+type FetchPartitionsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per requested partition, in request order.
+	Partitions    []*PartitionRecords `protobuf:"bytes,1,rep,name=partitions,proto3" json:"partitions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FetchPartitionsResponse) Reset() {
+	*x = FetchPartitionsResponse{}
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FetchPartitionsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FetchPartitionsResponse) ProtoMessage() {}
+
+func (x *FetchPartitionsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FetchPartitionsResponse.ProtoReflect.Descriptor instead.
+func (*FetchPartitionsResponse) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_consume_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *FetchPartitionsResponse) GetPartitions() []*PartitionRecords {
+	if x != nil {
+		return x.Partitions
+	}
+	return nil
+}
+
+// PartitionRecords is one partition's share of a FetchPartitionsResponse, as
+// FetchResponse, or its error.
+type PartitionRecords struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Records       []*Record              `protobuf:"bytes,3,rep,name=records,proto3" json:"records,omitempty"`
+	Batches       []byte                 `protobuf:"bytes,4,opt,name=batches,proto3" json:"batches,omitempty"`
+	HighWatermark int64                  `protobuf:"varint,5,opt,name=high_watermark,json=highWatermark,proto3" json:"high_watermark,omitempty"`
+	NextOffset    int64                  `protobuf:"varint,6,opt,name=next_offset,json=nextOffset,proto3" json:"next_offset,omitempty"`
+	StartOffset   int64                  `protobuf:"varint,7,opt,name=start_offset,json=startOffset,proto3" json:"start_offset,omitempty"`
+	Error         *EntryError            `protobuf:"bytes,8,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PartitionRecords) Reset() {
+	*x = PartitionRecords{}
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PartitionRecords) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PartitionRecords) ProtoMessage() {}
+
+func (x *PartitionRecords) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_consume_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PartitionRecords.ProtoReflect.Descriptor instead.
+func (*PartitionRecords) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_consume_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PartitionRecords) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *PartitionRecords) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *PartitionRecords) GetRecords() []*Record {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
+func (x *PartitionRecords) GetBatches() []byte {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+func (x *PartitionRecords) GetHighWatermark() int64 {
+	if x != nil {
+		return x.HighWatermark
+	}
+	return 0
+}
+
+func (x *PartitionRecords) GetNextOffset() int64 {
+	if x != nil {
+		return x.NextOffset
+	}
+	return 0
+}
+
+func (x *PartitionRecords) GetStartOffset() int64 {
+	if x != nil {
+		return x.StartOffset
+	}
+	return 0
+}
+
+func (x *PartitionRecords) GetError() *EntryError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 var File_streamhouse_v1_consume_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_consume_proto_rawDesc = "" +
@@ -368,9 +678,39 @@ const file_streamhouse_v1_consume_proto_rawDesc = "" +
 	"\arecords\x18\x01 \x03(\v2\x16.streamhouse.v1.RecordR\arecords\x12%\n" +
 	"\x0ehigh_watermark\x18\x02 \x01(\x03R\rhighWatermark\x12\x1f\n" +
 	"\vnext_offset\x18\x03 \x01(\x03R\n" +
-	"nextOffset2\xb1\x01\n" +
+	"nextOffset\"\xc4\x01\n" +
+	"\x16FetchPartitionsRequest\x12>\n" +
+	"\n" +
+	"partitions\x18\x01 \x03(\v2\x1e.streamhouse.v1.FetchPartitionR\n" +
+	"partitions\x12\x1e\n" +
+	"\vmax_wait_ms\x18\x02 \x01(\x05R\tmaxWaitMs\x12\x1b\n" +
+	"\tmin_bytes\x18\x03 \x01(\x05R\bminBytes\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x05R\bmaxBytes\x12\x10\n" +
+	"\x03raw\x18\x05 \x01(\bR\x03raw\"\x98\x01\n" +
+	"\x0eFetchPartition\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x16\n" +
+	"\x06offset\x18\x03 \x01(\x03R\x06offset\x12\x1b\n" +
+	"\tmax_bytes\x18\x04 \x01(\x05R\bmaxBytes\x12\x1d\n" +
+	"\n" +
+	"last_epoch\x18\x05 \x01(\x05R\tlastEpoch\"[\n" +
+	"\x17FetchPartitionsResponse\x12@\n" +
+	"\n" +
+	"partitions\x18\x01 \x03(\v2 .streamhouse.v1.PartitionRecordsR\n" +
+	"partitions\"\xaf\x02\n" +
+	"\x10PartitionRecords\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\x120\n" +
+	"\arecords\x18\x03 \x03(\v2\x16.streamhouse.v1.RecordR\arecords\x12\x18\n" +
+	"\abatches\x18\x04 \x01(\fR\abatches\x12%\n" +
+	"\x0ehigh_watermark\x18\x05 \x01(\x03R\rhighWatermark\x12\x1f\n" +
+	"\vnext_offset\x18\x06 \x01(\x03R\n" +
+	"nextOffset\x12!\n" +
+	"\fstart_offset\x18\a \x01(\x03R\vstartOffset\x120\n" +
+	"\x05error\x18\b \x01(\v2\x1a.streamhouse.v1.EntryErrorR\x05error2\x9a\x02\n" +
 	"\x0eConsumeService\x12I\n" +
-	"\x05Fetch\x12\x1c.streamhouse.v1.FetchRequest\x1a\x1d.streamhouse.v1.FetchResponse\"\x03\x90\x02\x01\x12T\n" +
+	"\x05Fetch\x12\x1c.streamhouse.v1.FetchRequest\x1a\x1d.streamhouse.v1.FetchResponse\"\x03\x90\x02\x01\x12g\n" +
+	"\x0fFetchPartitions\x12&.streamhouse.v1.FetchPartitionsRequest\x1a'.streamhouse.v1.FetchPartitionsResponse\"\x03\x90\x02\x01\x12T\n" +
 	"\tSubscribe\x12 .streamhouse.v1.SubscribeRequest\x1a!.streamhouse.v1.SubscribeResponse\"\x000\x01BIZGgithub.com/streamhouse/streamhouse/api/gen/streamhouse/v1;streamhousev1b\x06proto3"
 
 var (
@@ -385,26 +725,37 @@ func file_streamhouse_v1_consume_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_consume_proto_rawDescData
 }
 
-var file_streamhouse_v1_consume_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
+var file_streamhouse_v1_consume_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_streamhouse_v1_consume_proto_goTypes = []any{
-	(*FetchRequest)(nil),      // 0: streamhouse.v1.FetchRequest
-	(*FetchResponse)(nil),     // 1: streamhouse.v1.FetchResponse
-	(*SubscribeRequest)(nil),  // 2: streamhouse.v1.SubscribeRequest
-	(*SubscribeResponse)(nil), // 3: streamhouse.v1.SubscribeResponse
-	(*Record)(nil),            // 4: streamhouse.v1.Record
+	(*FetchRequest)(nil),            // 0: streamhouse.v1.FetchRequest
+	(*FetchResponse)(nil),           // 1: streamhouse.v1.FetchResponse
+	(*SubscribeRequest)(nil),        // 2: streamhouse.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),       // 3: streamhouse.v1.SubscribeResponse
+	(*FetchPartitionsRequest)(nil),  // 4: streamhouse.v1.FetchPartitionsRequest
+	(*FetchPartition)(nil),          // 5: streamhouse.v1.FetchPartition
+	(*FetchPartitionsResponse)(nil), // 6: streamhouse.v1.FetchPartitionsResponse
+	(*PartitionRecords)(nil),        // 7: streamhouse.v1.PartitionRecords
+	(*Record)(nil),                  // 8: streamhouse.v1.Record
+	(*EntryError)(nil),              // 9: streamhouse.v1.EntryError
 }
 var file_streamhouse_v1_consume_proto_depIdxs = []int32{
-	4, // 0: streamhouse.v1.FetchResponse.records:type_name -> streamhouse.v1.Record
-	4, // 1: streamhouse.v1.SubscribeResponse.records:type_name -> streamhouse.v1.Record
-	0, // 2: streamhouse.v1.ConsumeService.Fetch:input_type -> streamhouse.v1.FetchRequest
-	2, // 3: streamhouse.v1.ConsumeService.Subscribe:input_type -> streamhouse.v1.SubscribeRequest
-	1, // 4: streamhouse.v1.ConsumeService.Fetch:output_type -> streamhouse.v1.FetchResponse
-	3, // 5: streamhouse.v1.ConsumeService.Subscribe:output_type -> streamhouse.v1.SubscribeResponse
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	8, // 0: streamhouse.v1.FetchResponse.records:type_name -> streamhouse.v1.Record
+	8, // 1: streamhouse.v1.SubscribeResponse.records:type_name -> streamhouse.v1.Record
+	5, // 2: streamhouse.v1.FetchPartitionsRequest.partitions:type_name -> streamhouse.v1.FetchPartition
+	7, // 3: streamhouse.v1.FetchPartitionsResponse.partitions:type_name -> streamhouse.v1.PartitionRecords
+	8, // 4: streamhouse.v1.PartitionRecords.records:type_name -> streamhouse.v1.Record
+	9, // 5: streamhouse.v1.PartitionRecords.error:type_name -> streamhouse.v1.EntryError
+	0, // 6: streamhouse.v1.ConsumeService.Fetch:input_type -> streamhouse.v1.FetchRequest
+	4, // 7: streamhouse.v1.ConsumeService.FetchPartitions:input_type -> streamhouse.v1.FetchPartitionsRequest
+	2, // 8: streamhouse.v1.ConsumeService.Subscribe:input_type -> streamhouse.v1.SubscribeRequest
+	1, // 9: streamhouse.v1.ConsumeService.Fetch:output_type -> streamhouse.v1.FetchResponse
+	6, // 10: streamhouse.v1.ConsumeService.FetchPartitions:output_type -> streamhouse.v1.FetchPartitionsResponse
+	3, // 11: streamhouse.v1.ConsumeService.Subscribe:output_type -> streamhouse.v1.SubscribeResponse
+	9, // [9:12] is the sub-list for method output_type
+	6, // [6:9] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_consume_proto_init() }
@@ -419,7 +770,7 @@ func file_streamhouse_v1_consume_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_consume_proto_rawDesc), len(file_streamhouse_v1_consume_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   4,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

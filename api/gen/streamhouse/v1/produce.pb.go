@@ -32,7 +32,12 @@ type ProduceRequest struct {
 	// are checked and its base offset is assigned in place.
 	Batch []byte `protobuf:"bytes,4,opt,name=batch,proto3" json:"batch,omitempty"`
 	// What to wait for before acknowledging; the topic's durability when unset.
-	Acks          Acks `protobuf:"varint,5,opt,name=acks,proto3,enum=streamhouse.v1.Acks" json:"acks,omitempty"`
+	// Applies to every entry.
+	Acks Acks `protobuf:"varint,5,opt,name=acks,proto3,enum=streamhouse.v1.Acks" json:"acks,omitempty"`
+	// Pre-encoded batches for many partitions (of one or more topics). When
+	// set, topic, partition, records and batch must be unset. At most one
+	// entry per (topic, partition).
+	Batches       []*ProduceBatch `protobuf:"bytes,6,rep,name=batches,proto3" json:"batches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -102,6 +107,75 @@ func (x *ProduceRequest) GetAcks() Acks {
 	return Acks_ACKS_UNSPECIFIED
 }
 
+func (x *ProduceRequest) GetBatches() []*ProduceBatch {
+	if x != nil {
+		return x.Batches
+	}
+	return nil
+}
+
+// ProduceBatch is one pre-encoded Kafka RecordBatch v2 for one partition:
+// its CRC and header are checked and its base offset is assigned in place.
+type ProduceBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Topic         string                 `protobuf:"bytes,1,opt,name=topic,proto3" json:"topic,omitempty"`
+	Partition     int32                  `protobuf:"varint,2,opt,name=partition,proto3" json:"partition,omitempty"`
+	Batch         []byte                 `protobuf:"bytes,3,opt,name=batch,proto3" json:"batch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProduceBatch) Reset() {
+	*x = ProduceBatch{}
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProduceBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProduceBatch) ProtoMessage() {}
+
+func (x *ProduceBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProduceBatch.ProtoReflect.Descriptor instead.
+func (*ProduceBatch) Descriptor() ([]byte, []int) {
+	return file_streamhouse_v1_produce_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ProduceBatch) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *ProduceBatch) GetPartition() int32 {
+	if x != nil {
+		return x.Partition
+	}
+	return 0
+}
+
+func (x *ProduceBatch) GetBatch() []byte {
+	if x != nil {
+		return x.Batch
+	}
+	return nil
+}
+
 // PartitionResult tells where one partition's share of a produce request went.
 type PartitionResult struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -109,14 +183,19 @@ type PartitionResult struct {
 	// Offset of the first record written to this partition.
 	BaseOffset int64 `protobuf:"varint,2,opt,name=base_offset,json=baseOffset,proto3" json:"base_offset,omitempty"`
 	// Number of records written to this partition.
-	RecordCount   int32 `protobuf:"varint,3,opt,name=record_count,json=recordCount,proto3" json:"record_count,omitempty"`
+	RecordCount int32 `protobuf:"varint,3,opt,name=record_count,json=recordCount,proto3" json:"record_count,omitempty"`
+	// Topic of the partition.
+	Topic string `protobuf:"bytes,4,opt,name=topic,proto3" json:"topic,omitempty"`
+	// Set when this partition's entry failed; base_offset and record_count are
+	// then 0.
+	Error         *EntryError `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *PartitionResult) Reset() {
 	*x = PartitionResult{}
-	mi := &file_streamhouse_v1_produce_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -128,7 +207,7 @@ func (x *PartitionResult) String() string {
 func (*PartitionResult) ProtoMessage() {}
 
 func (x *PartitionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_produce_proto_msgTypes[1]
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -141,7 +220,7 @@ func (x *PartitionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionResult.ProtoReflect.Descriptor instead.
 func (*PartitionResult) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_produce_proto_rawDescGZIP(), []int{1}
+	return file_streamhouse_v1_produce_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *PartitionResult) GetPartition() int32 {
@@ -165,9 +244,24 @@ func (x *PartitionResult) GetRecordCount() int32 {
 	return 0
 }
 
+func (x *PartitionResult) GetTopic() string {
+	if x != nil {
+		return x.Topic
+	}
+	return ""
+}
+
+func (x *PartitionResult) GetError() *EntryError {
+	if x != nil {
+		return x.Error
+	}
+	return nil
+}
+
 type ProduceResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// One result per partition written, sorted by partition.
+	// One result per partition: sorted by partition for records, in request
+	// order for batches.
 	Results       []*PartitionResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -175,7 +269,7 @@ type ProduceResponse struct {
 
 func (x *ProduceResponse) Reset() {
 	*x = ProduceResponse{}
-	mi := &file_streamhouse_v1_produce_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -187,7 +281,7 @@ func (x *ProduceResponse) String() string {
 func (*ProduceResponse) ProtoMessage() {}
 
 func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_streamhouse_v1_produce_proto_msgTypes[2]
+	mi := &file_streamhouse_v1_produce_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -200,7 +294,7 @@ func (x *ProduceResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProduceResponse.ProtoReflect.Descriptor instead.
 func (*ProduceResponse) Descriptor() ([]byte, []int) {
-	return file_streamhouse_v1_produce_proto_rawDescGZIP(), []int{2}
+	return file_streamhouse_v1_produce_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ProduceResponse) GetResults() []*PartitionResult {
@@ -214,20 +308,27 @@ var File_streamhouse_v1_produce_proto protoreflect.FileDescriptor
 
 const file_streamhouse_v1_produce_proto_rawDesc = "" +
 	"\n" +
-	"\x1cstreamhouse/v1/produce.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\xc9\x01\n" +
+	"\x1cstreamhouse/v1/produce.proto\x12\x0estreamhouse.v1\x1a\x1bstreamhouse/v1/common.proto\"\x81\x02\n" +
 	"\x0eProduceRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12!\n" +
 	"\tpartition\x18\x02 \x01(\x05H\x00R\tpartition\x88\x01\x01\x120\n" +
 	"\arecords\x18\x03 \x03(\v2\x16.streamhouse.v1.RecordR\arecords\x12\x14\n" +
 	"\x05batch\x18\x04 \x01(\fR\x05batch\x12(\n" +
-	"\x04acks\x18\x05 \x01(\x0e2\x14.streamhouse.v1.AcksR\x04acksB\f\n" +
+	"\x04acks\x18\x05 \x01(\x0e2\x14.streamhouse.v1.AcksR\x04acks\x126\n" +
+	"\abatches\x18\x06 \x03(\v2\x1c.streamhouse.v1.ProduceBatchR\abatchesB\f\n" +
 	"\n" +
-	"_partition\"s\n" +
+	"_partition\"X\n" +
+	"\fProduceBatch\x12\x14\n" +
+	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x1c\n" +
+	"\tpartition\x18\x02 \x01(\x05R\tpartition\x12\x14\n" +
+	"\x05batch\x18\x03 \x01(\fR\x05batch\"\xbb\x01\n" +
 	"\x0fPartitionResult\x12\x1c\n" +
 	"\tpartition\x18\x01 \x01(\x05R\tpartition\x12\x1f\n" +
 	"\vbase_offset\x18\x02 \x01(\x03R\n" +
 	"baseOffset\x12!\n" +
-	"\frecord_count\x18\x03 \x01(\x05R\vrecordCount\"L\n" +
+	"\frecord_count\x18\x03 \x01(\x05R\vrecordCount\x12\x14\n" +
+	"\x05topic\x18\x04 \x01(\tR\x05topic\x120\n" +
+	"\x05error\x18\x05 \x01(\v2\x1a.streamhouse.v1.EntryErrorR\x05error\"L\n" +
 	"\x0fProduceResponse\x129\n" +
 	"\aresults\x18\x01 \x03(\v2\x1f.streamhouse.v1.PartitionResultR\aresults2^\n" +
 	"\x0eProduceService\x12L\n" +
@@ -245,25 +346,29 @@ func file_streamhouse_v1_produce_proto_rawDescGZIP() []byte {
 	return file_streamhouse_v1_produce_proto_rawDescData
 }
 
-var file_streamhouse_v1_produce_proto_msgTypes = make([]protoimpl.MessageInfo, 3)
+var file_streamhouse_v1_produce_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_streamhouse_v1_produce_proto_goTypes = []any{
 	(*ProduceRequest)(nil),  // 0: streamhouse.v1.ProduceRequest
-	(*PartitionResult)(nil), // 1: streamhouse.v1.PartitionResult
-	(*ProduceResponse)(nil), // 2: streamhouse.v1.ProduceResponse
-	(*Record)(nil),          // 3: streamhouse.v1.Record
-	(Acks)(0),               // 4: streamhouse.v1.Acks
+	(*ProduceBatch)(nil),    // 1: streamhouse.v1.ProduceBatch
+	(*PartitionResult)(nil), // 2: streamhouse.v1.PartitionResult
+	(*ProduceResponse)(nil), // 3: streamhouse.v1.ProduceResponse
+	(*Record)(nil),          // 4: streamhouse.v1.Record
+	(Acks)(0),               // 5: streamhouse.v1.Acks
+	(*EntryError)(nil),      // 6: streamhouse.v1.EntryError
 }
 var file_streamhouse_v1_produce_proto_depIdxs = []int32{
-	3, // 0: streamhouse.v1.ProduceRequest.records:type_name -> streamhouse.v1.Record
-	4, // 1: streamhouse.v1.ProduceRequest.acks:type_name -> streamhouse.v1.Acks
-	1, // 2: streamhouse.v1.ProduceResponse.results:type_name -> streamhouse.v1.PartitionResult
-	0, // 3: streamhouse.v1.ProduceService.Produce:input_type -> streamhouse.v1.ProduceRequest
-	2, // 4: streamhouse.v1.ProduceService.Produce:output_type -> streamhouse.v1.ProduceResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	4, // 0: streamhouse.v1.ProduceRequest.records:type_name -> streamhouse.v1.Record
+	5, // 1: streamhouse.v1.ProduceRequest.acks:type_name -> streamhouse.v1.Acks
+	1, // 2: streamhouse.v1.ProduceRequest.batches:type_name -> streamhouse.v1.ProduceBatch
+	6, // 3: streamhouse.v1.PartitionResult.error:type_name -> streamhouse.v1.EntryError
+	2, // 4: streamhouse.v1.ProduceResponse.results:type_name -> streamhouse.v1.PartitionResult
+	0, // 5: streamhouse.v1.ProduceService.Produce:input_type -> streamhouse.v1.ProduceRequest
+	3, // 6: streamhouse.v1.ProduceService.Produce:output_type -> streamhouse.v1.ProduceResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_streamhouse_v1_produce_proto_init() }
@@ -279,7 +384,7 @@ func file_streamhouse_v1_produce_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_streamhouse_v1_produce_proto_rawDesc), len(file_streamhouse_v1_produce_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   3,
+			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,16 +37,27 @@ const (
 	AgentServiceAppendProcedure = "/streamhouse.v1.AgentService/Append"
 	// AgentServiceReadProcedure is the fully-qualified name of the AgentService's Read RPC.
 	AgentServiceReadProcedure = "/streamhouse.v1.AgentService/Read"
+	// AgentServiceReadPartitionsProcedure is the fully-qualified name of the AgentService's
+	// ReadPartitions RPC.
+	AgentServiceReadPartitionsProcedure = "/streamhouse.v1.AgentService/ReadPartitions"
 )
 
 // AgentServiceClient is a client for the streamhouse.v1.AgentService service.
 type AgentServiceClient interface {
-	// Append appends one RecordBatch v2 to a partition this agent holds.
-	// FailedPrecondition with a "not the lease holder" message when it does not.
+	// Append appends RecordBatch v2 entries to partitions this agent holds,
+	// all in one WAL group commit, and answers each entry on its own: an
+	// entry for a partition the agent does not hold gets FailedPrecondition
+	// ("not the lease holder") in its result while the others are written.
+	// The request itself fails only when nothing could be tried (the agent is
+	// shutting down, overloaded, or the request is malformed).
 	Append(context.Context, *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error)
 	// Read returns whole record batches of a partition from offset, up to the
 	// high watermark, long-polling up to max_wait_ms.
 	Read(context.Context, *connect.Request[v1.ReadRequest]) (*connect.Response[v1.ReadResponse], error)
+	// ReadPartitions reads many partitions this agent holds in one call,
+	// long-polling up to max_wait_ms until min_bytes are ready over all of
+	// them. Each partition is answered on its own (its data or its error).
+	ReadPartitions(context.Context, *connect.Request[v1.ReadPartitionsRequest]) (*connect.Response[v1.ReadPartitionsResponse], error)
 }
 
 // NewAgentServiceClient constructs a client for the streamhouse.v1.AgentService service. By
@@ -73,13 +84,21 @@ func NewAgentServiceClient(httpClient connect.HTTPClient, baseURL string, opts .
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		readPartitions: connect.NewClient[v1.ReadPartitionsRequest, v1.ReadPartitionsResponse](
+			httpClient,
+			baseURL+AgentServiceReadPartitionsProcedure,
+			connect.WithSchema(agentServiceMethods.ByName("ReadPartitions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 	}
 }
 
 // agentServiceClient implements AgentServiceClient.
 type agentServiceClient struct {
-	append *connect.Client[v1.AppendRequest, v1.AppendResponse]
-	read   *connect.Client[v1.ReadRequest, v1.ReadResponse]
+	append         *connect.Client[v1.AppendRequest, v1.AppendResponse]
+	read           *connect.Client[v1.ReadRequest, v1.ReadResponse]
+	readPartitions *connect.Client[v1.ReadPartitionsRequest, v1.ReadPartitionsResponse]
 }
 
 // Append calls streamhouse.v1.AgentService.Append.
@@ -92,14 +111,27 @@ func (c *agentServiceClient) Read(ctx context.Context, req *connect.Request[v1.R
 	return c.read.CallUnary(ctx, req)
 }
 
+// ReadPartitions calls streamhouse.v1.AgentService.ReadPartitions.
+func (c *agentServiceClient) ReadPartitions(ctx context.Context, req *connect.Request[v1.ReadPartitionsRequest]) (*connect.Response[v1.ReadPartitionsResponse], error) {
+	return c.readPartitions.CallUnary(ctx, req)
+}
+
 // AgentServiceHandler is an implementation of the streamhouse.v1.AgentService service.
 type AgentServiceHandler interface {
-	// Append appends one RecordBatch v2 to a partition this agent holds.
-	// FailedPrecondition with a "not the lease holder" message when it does not.
+	// Append appends RecordBatch v2 entries to partitions this agent holds,
+	// all in one WAL group commit, and answers each entry on its own: an
+	// entry for a partition the agent does not hold gets FailedPrecondition
+	// ("not the lease holder") in its result while the others are written.
+	// The request itself fails only when nothing could be tried (the agent is
+	// shutting down, overloaded, or the request is malformed).
 	Append(context.Context, *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error)
 	// Read returns whole record batches of a partition from offset, up to the
 	// high watermark, long-polling up to max_wait_ms.
 	Read(context.Context, *connect.Request[v1.ReadRequest]) (*connect.Response[v1.ReadResponse], error)
+	// ReadPartitions reads many partitions this agent holds in one call,
+	// long-polling up to max_wait_ms until min_bytes are ready over all of
+	// them. Each partition is answered on its own (its data or its error).
+	ReadPartitions(context.Context, *connect.Request[v1.ReadPartitionsRequest]) (*connect.Response[v1.ReadPartitionsResponse], error)
 }
 
 // NewAgentServiceHandler builds an HTTP handler from the service implementation. It returns the
@@ -122,12 +154,21 @@ func NewAgentServiceHandler(svc AgentServiceHandler, opts ...connect.HandlerOpti
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	agentServiceReadPartitionsHandler := connect.NewUnaryHandler(
+		AgentServiceReadPartitionsProcedure,
+		svc.ReadPartitions,
+		connect.WithSchema(agentServiceMethods.ByName("ReadPartitions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	return "/streamhouse.v1.AgentService/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case AgentServiceAppendProcedure:
 			agentServiceAppendHandler.ServeHTTP(w, r)
 		case AgentServiceReadProcedure:
 			agentServiceReadHandler.ServeHTTP(w, r)
+		case AgentServiceReadPartitionsProcedure:
+			agentServiceReadPartitionsHandler.ServeHTTP(w, r)
 		default:
 			http.NotFound(w, r)
 		}
@@ -143,4 +184,8 @@ func (UnimplementedAgentServiceHandler) Append(context.Context, *connect.Request
 
 func (UnimplementedAgentServiceHandler) Read(context.Context, *connect.Request[v1.ReadRequest]) (*connect.Response[v1.ReadResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.AgentService.Read is not implemented"))
+}
+
+func (UnimplementedAgentServiceHandler) ReadPartitions(context.Context, *connect.Request[v1.ReadPartitionsRequest]) (*connect.Response[v1.ReadPartitionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.AgentService.ReadPartitions is not implemented"))
 }

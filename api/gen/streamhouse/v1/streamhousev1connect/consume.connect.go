@@ -35,6 +35,9 @@ const (
 const (
 	// ConsumeServiceFetchProcedure is the fully-qualified name of the ConsumeService's Fetch RPC.
 	ConsumeServiceFetchProcedure = "/streamhouse.v1.ConsumeService/Fetch"
+	// ConsumeServiceFetchPartitionsProcedure is the fully-qualified name of the ConsumeService's
+	// FetchPartitions RPC.
+	ConsumeServiceFetchPartitionsProcedure = "/streamhouse.v1.ConsumeService/FetchPartitions"
 	// ConsumeServiceSubscribeProcedure is the fully-qualified name of the ConsumeService's Subscribe
 	// RPC.
 	ConsumeServiceSubscribeProcedure = "/streamhouse.v1.ConsumeService/Subscribe"
@@ -47,6 +50,16 @@ type ConsumeServiceClient interface {
 	// the wait is over. OutOfRange when offset is below the start offset or above
 	// the high watermark; the message names the valid range.
 	Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error)
+	// FetchPartitions reads many partitions in one request, as Kafka's Fetch
+	// does, so a consumer of 1,000 partitions needs one long-poll per agent,
+	// not one per partition. It waits up to max_wait_ms until min_bytes are
+	// ready over all partitions. Each partition is answered on its own: an
+	// offset out of range, an unknown partition or a truncation is that
+	// partition's error and the others are served.
+	//
+	// Errors of the whole request: InvalidArgument (no partitions, a limit out
+	// of range, a partition asked twice).
+	FetchPartitions(context.Context, *connect.Request[v1.FetchPartitionsRequest]) (*connect.Response[v1.FetchPartitionsResponse], error)
 	// Subscribe tails one partition: it streams records from offset as they
 	// become visible until the client cancels.
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest]) (*connect.ServerStreamForClient[v1.SubscribeResponse], error)
@@ -70,6 +83,13 @@ func NewConsumeServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 			connect.WithClientOptions(opts...),
 		),
+		fetchPartitions: connect.NewClient[v1.FetchPartitionsRequest, v1.FetchPartitionsResponse](
+			httpClient,
+			baseURL+ConsumeServiceFetchPartitionsProcedure,
+			connect.WithSchema(consumeServiceMethods.ByName("FetchPartitions")),
+			connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+			connect.WithClientOptions(opts...),
+		),
 		subscribe: connect.NewClient[v1.SubscribeRequest, v1.SubscribeResponse](
 			httpClient,
 			baseURL+ConsumeServiceSubscribeProcedure,
@@ -81,13 +101,19 @@ func NewConsumeServiceClient(httpClient connect.HTTPClient, baseURL string, opts
 
 // consumeServiceClient implements ConsumeServiceClient.
 type consumeServiceClient struct {
-	fetch     *connect.Client[v1.FetchRequest, v1.FetchResponse]
-	subscribe *connect.Client[v1.SubscribeRequest, v1.SubscribeResponse]
+	fetch           *connect.Client[v1.FetchRequest, v1.FetchResponse]
+	fetchPartitions *connect.Client[v1.FetchPartitionsRequest, v1.FetchPartitionsResponse]
+	subscribe       *connect.Client[v1.SubscribeRequest, v1.SubscribeResponse]
 }
 
 // Fetch calls streamhouse.v1.ConsumeService.Fetch.
 func (c *consumeServiceClient) Fetch(ctx context.Context, req *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error) {
 	return c.fetch.CallUnary(ctx, req)
+}
+
+// FetchPartitions calls streamhouse.v1.ConsumeService.FetchPartitions.
+func (c *consumeServiceClient) FetchPartitions(ctx context.Context, req *connect.Request[v1.FetchPartitionsRequest]) (*connect.Response[v1.FetchPartitionsResponse], error) {
+	return c.fetchPartitions.CallUnary(ctx, req)
 }
 
 // Subscribe calls streamhouse.v1.ConsumeService.Subscribe.
@@ -102,6 +128,16 @@ type ConsumeServiceHandler interface {
 	// the wait is over. OutOfRange when offset is below the start offset or above
 	// the high watermark; the message names the valid range.
 	Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error)
+	// FetchPartitions reads many partitions in one request, as Kafka's Fetch
+	// does, so a consumer of 1,000 partitions needs one long-poll per agent,
+	// not one per partition. It waits up to max_wait_ms until min_bytes are
+	// ready over all partitions. Each partition is answered on its own: an
+	// offset out of range, an unknown partition or a truncation is that
+	// partition's error and the others are served.
+	//
+	// Errors of the whole request: InvalidArgument (no partitions, a limit out
+	// of range, a partition asked twice).
+	FetchPartitions(context.Context, *connect.Request[v1.FetchPartitionsRequest]) (*connect.Response[v1.FetchPartitionsResponse], error)
 	// Subscribe tails one partition: it streams records from offset as they
 	// become visible until the client cancels.
 	Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error
@@ -121,6 +157,13 @@ func NewConsumeServiceHandler(svc ConsumeServiceHandler, opts ...connect.Handler
 		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
 		connect.WithHandlerOptions(opts...),
 	)
+	consumeServiceFetchPartitionsHandler := connect.NewUnaryHandler(
+		ConsumeServiceFetchPartitionsProcedure,
+		svc.FetchPartitions,
+		connect.WithSchema(consumeServiceMethods.ByName("FetchPartitions")),
+		connect.WithIdempotency(connect.IdempotencyNoSideEffects),
+		connect.WithHandlerOptions(opts...),
+	)
 	consumeServiceSubscribeHandler := connect.NewServerStreamHandler(
 		ConsumeServiceSubscribeProcedure,
 		svc.Subscribe,
@@ -131,6 +174,8 @@ func NewConsumeServiceHandler(svc ConsumeServiceHandler, opts ...connect.Handler
 		switch r.URL.Path {
 		case ConsumeServiceFetchProcedure:
 			consumeServiceFetchHandler.ServeHTTP(w, r)
+		case ConsumeServiceFetchPartitionsProcedure:
+			consumeServiceFetchPartitionsHandler.ServeHTTP(w, r)
 		case ConsumeServiceSubscribeProcedure:
 			consumeServiceSubscribeHandler.ServeHTTP(w, r)
 		default:
@@ -144,6 +189,10 @@ type UnimplementedConsumeServiceHandler struct{}
 
 func (UnimplementedConsumeServiceHandler) Fetch(context.Context, *connect.Request[v1.FetchRequest]) (*connect.Response[v1.FetchResponse], error) {
 	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ConsumeService.Fetch is not implemented"))
+}
+
+func (UnimplementedConsumeServiceHandler) FetchPartitions(context.Context, *connect.Request[v1.FetchPartitionsRequest]) (*connect.Response[v1.FetchPartitionsResponse], error) {
+	return nil, connect.NewError(connect.CodeUnimplemented, errors.New("streamhouse.v1.ConsumeService.FetchPartitions is not implemented"))
 }
 
 func (UnimplementedConsumeServiceHandler) Subscribe(context.Context, *connect.Request[v1.SubscribeRequest], *connect.ServerStream[v1.SubscribeResponse]) error {

@@ -39,15 +39,29 @@ const (
 
 // ProduceServiceClient is a client for the streamhouse.v1.ProduceService service.
 type ProduceServiceClient interface {
-	// Produce appends records to a topic. Records are placed by the explicit
-	// partition when set, otherwise by the murmur2 hash of the key (as Kafka's
-	// default partitioner), and keyless records of one request go together to
-	// one partition. A request carries either records or one pre-encoded Kafka
-	// RecordBatch v2 (batch, which needs partition); not both.
+	// Produce appends records to partitions. A request has one of three shapes:
+	//
+	//   - records (the easy path, for people and JSON): one topic; records are
+	//     placed by the explicit partition when set, otherwise by the murmur2
+	//     hash of the key (as Kafka's default partitioner), and keyless records
+	//     of one request go together to one partition. Every record is checked
+	//     before anything is written: one bad record fails the whole request.
+	//   - batch: one pre-encoded Kafka RecordBatch v2 for topic and partition.
+	//   - batches (the SDK's path, Kafka's ProduceRequest shape): many
+	//     pre-encoded batches, each for its own (topic, partition). Each entry
+	//     is checked and written on its own: a bad, full or fenced entry gets
+	//     its own error in its result and the others are written.
+	//
+	// The response has one result per partition written (records: sorted by
+	// partition; batches: in request order), each with its offsets or its
+	// error. When every entry failed, the request fails with the first
+	// entry's error, so a single-partition request answers as a plain RPC.
 	//
 	// Errors: NotFound (unknown topic), InvalidArgument (bad partition, record or
-	// batch), ResourceExhausted (the agent is shedding load: retry after the
-	// Retry-After hint), Unavailable (no agent holds the partition yet: retry).
+	// batch), ResourceExhausted (the agent or gateway is shedding load: retry
+	// after the Retry-After hint), Unavailable (no agent holds the partition
+	// yet: retry), Unknown (the agent became unreachable mid-append: the
+	// records may or may not be written).
 	Produce(context.Context, *connect.Request[v1.ProduceRequest]) (*connect.Response[v1.ProduceResponse], error)
 }
 
@@ -83,15 +97,29 @@ func (c *produceServiceClient) Produce(ctx context.Context, req *connect.Request
 
 // ProduceServiceHandler is an implementation of the streamhouse.v1.ProduceService service.
 type ProduceServiceHandler interface {
-	// Produce appends records to a topic. Records are placed by the explicit
-	// partition when set, otherwise by the murmur2 hash of the key (as Kafka's
-	// default partitioner), and keyless records of one request go together to
-	// one partition. A request carries either records or one pre-encoded Kafka
-	// RecordBatch v2 (batch, which needs partition); not both.
+	// Produce appends records to partitions. A request has one of three shapes:
+	//
+	//   - records (the easy path, for people and JSON): one topic; records are
+	//     placed by the explicit partition when set, otherwise by the murmur2
+	//     hash of the key (as Kafka's default partitioner), and keyless records
+	//     of one request go together to one partition. Every record is checked
+	//     before anything is written: one bad record fails the whole request.
+	//   - batch: one pre-encoded Kafka RecordBatch v2 for topic and partition.
+	//   - batches (the SDK's path, Kafka's ProduceRequest shape): many
+	//     pre-encoded batches, each for its own (topic, partition). Each entry
+	//     is checked and written on its own: a bad, full or fenced entry gets
+	//     its own error in its result and the others are written.
+	//
+	// The response has one result per partition written (records: sorted by
+	// partition; batches: in request order), each with its offsets or its
+	// error. When every entry failed, the request fails with the first
+	// entry's error, so a single-partition request answers as a plain RPC.
 	//
 	// Errors: NotFound (unknown topic), InvalidArgument (bad partition, record or
-	// batch), ResourceExhausted (the agent is shedding load: retry after the
-	// Retry-After hint), Unavailable (no agent holds the partition yet: retry).
+	// batch), ResourceExhausted (the agent or gateway is shedding load: retry
+	// after the Retry-After hint), Unavailable (no agent holds the partition
+	// yet: retry), Unknown (the agent became unreachable mid-append: the
+	// records may or may not be written).
 	Produce(context.Context, *connect.Request[v1.ProduceRequest]) (*connect.Response[v1.ProduceResponse], error)
 }
 
