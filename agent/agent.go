@@ -87,6 +87,16 @@ type Config struct {
 	WALBudget     int64
 	HighWatermark float64
 	LowWatermark  float64
+	// MaxInFlightBytes bounds the batch bytes of Append requests held at
+	// once, from admission to answer (a durable ack holds its request until
+	// the next flush is committed). Past it requests get ResourceExhausted
+	// (HTTP 429) with a Retry-After, so memory follows this limit rather
+	// than the offered load. Default 128 MiB.
+	MaxInFlightBytes int64
+	// DurableAckTimeout bounds how long an admitted durable write waits for
+	// its commit before it is answered (DeadlineExceeded: the records are in
+	// the WAL and may or may not become visible). Default 10s.
+	DurableAckTimeout time.Duration
 	// Logger receives structured logs. Default slog.Default().
 	Logger *slog.Logger
 }
@@ -130,6 +140,15 @@ func (c *Config) setDefaults() error {
 	if c.LowWatermark == 0 {
 		c.LowWatermark = 0.6
 	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = 128 << 20
+	}
+	if c.DurableAckTimeout == 0 {
+		c.DurableAckTimeout = 10 * time.Second
+	}
+	if c.MaxInFlightBytes < 0 || c.DurableAckTimeout < 0 {
+		return errors.New("agent: MaxInFlightBytes and DurableAckTimeout must not be negative")
+	}
 	if c.WALBudget < 0 || c.LowWatermark <= 0 || c.HighWatermark > 1 || c.LowWatermark >= c.HighWatermark {
 		return fmt.Errorf("agent: WAL budget %d with watermarks %.2f/%.2f: need a positive budget and 0 < low < high <= 1", c.WALBudget, c.LowWatermark, c.HighWatermark)
 	}
@@ -163,6 +182,8 @@ type Agent struct {
 	// backpressure is set while the WAL's uncommitted bytes are past the
 	// high watermark (cleared below the low one): writes get 429.
 	backpressure atomic.Bool
+	// inflight is the admission budget of Append requests (MaxInFlightBytes).
+	inflight inflight
 
 	hbMu     sync.Mutex // serialises heartbeats
 	lastHB   time.Time  // when the last successful heartbeat was sent
@@ -241,6 +262,7 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
 		flushNow: make(chan struct{}, 1), builder: objfile.NewBuilder(), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
 	}
+	a.inflight.limit = cfg.MaxInFlightBytes
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if st := w.Stats(); st.TruncatedBytes > 0 || st.QuarantinedSegments > 0 {
 		log.Warn("WAL recovery cut damaged data", "truncated_bytes", st.TruncatedBytes, "quarantined_segments", st.QuarantinedSegments)

@@ -124,12 +124,22 @@ func values(prefix string, n int) []string {
 	return out
 }
 
-func appendB(ctx context.Context, a *Agent, topic string, part int32, b []byte, acks v1.Acks) (*v1.AppendResponse, error) {
-	resp, err := a.Handler().Append(ctx, connect.NewRequest(&v1.AppendRequest{Topic: topic, Partition: part, Batch: b, Acks: acks}))
+// appendB appends one batch as a one-entry request; the entry's error is
+// returned as the error a whole request with that outcome would have had.
+func appendB(ctx context.Context, a *Agent, topic string, part int32, b []byte, acks v1.Acks) (*v1.AppendResult, error) {
+	resp, err := a.Handler().Append(ctx, connect.NewRequest(&v1.AppendRequest{
+		Entries: []*v1.AppendEntry{{Topic: topic, Partition: part, Batch: b}}, Acks: acks}))
 	if err != nil {
 		return nil, err
 	}
-	return resp.Msg, nil
+	if n := len(resp.Msg.GetResults()); n != 1 {
+		return nil, fmt.Errorf("append answered %d results for one entry", n)
+	}
+	r := resp.Msg.GetResults()[0]
+	if e := r.GetError(); e != nil {
+		return nil, rpcerr.FromEntry(e)
+	}
+	return r, nil
 }
 
 // mustAppend appends a batch of n records and returns its base offset.

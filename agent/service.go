@@ -42,137 +42,252 @@ func (a *Agent) lookup(ctx context.Context, topic string, partition int32) (*par
 		return p, nil
 	}
 	if err := a.refreshLeases(ctx); err != nil {
-		return nil, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: cannot reach the controller: %w", k, err))
+		return nil, noController(k, err)
 	}
 	if p := a.partition(k); p != nil {
 		return p, nil
 	}
-	return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s is not the lease holder of partition %s", a.cfg.ID, k))
+	return nil, a.notHolder(k)
 }
 
-// Append appends one batch; see the package doc for which errors are safe
-// to retry.
+// appendOp is one entry of an Append request on its way through the WAL.
+type appendOp struct {
+	p         *partition
+	batch     []byte
+	meta      batch.Meta
+	acks      v1.Acks
+	base, end int64
+	pend      *wal.Pending
+	err       error // set once the entry failed; its result is then this error
+}
+
+// Append appends every entry of the request in one WAL group commit (the
+// entries are enqueued back to back, so the writer's group takes them
+// together) and answers each entry on its own. See the package doc for which
+// errors are safe to retry; a per-entry error follows the same rules.
 func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error) {
 	a := s.a
 	m := req.Msg
+	entries := m.GetEntries()
+	if len(entries) == 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("append request has no entries"))
+	}
+	switch m.GetAcks() {
+	case v1.Acks_ACKS_UNSPECIFIED, v1.Acks_ACKS_DURABLE, v1.Acks_ACKS_WAL:
+	default:
+		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown acks %d; use ACKS_DURABLE or ACKS_WAL", m.GetAcks()))
+	}
+	if len(entries) > 1 {
+		seen := make(map[partKey]struct{}, len(entries))
+		for _, e := range entries {
+			k := partKey{e.GetTopic(), e.GetPartition()}
+			if _, dup := seen[k]; dup {
+				return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("partition %s appears twice in one append request", k))
+			}
+			seen[k] = struct{}{}
+		}
+	}
 	if err := a.refusal(); err != nil {
 		return nil, err
 	}
-	p, err := a.lookup(ctx, m.GetTopic(), m.GetPartition())
+	size := 0
+	for _, e := range entries {
+		size += len(e.GetBatch())
+	}
+	release, err := a.admit(size)
 	if err != nil {
 		return nil, err
 	}
-	b := m.GetBatch()
-	meta, err := batch.Check(b)
+	defer release()
+
+	ops := make([]appendOp, len(entries))
+	for i, e := range entries {
+		ops[i] = a.prepareAppend(ctx, e, m.GetAcks())
+	}
+	a.appendAll(ctx, ops)
+	a.awaitCommits(ctx, ops)
+
+	out := &v1.AppendResponse{Results: make([]*v1.AppendResult, len(ops))}
+	for i := range ops {
+		op := &ops[i]
+		if op.err != nil {
+			out.Results[i] = &v1.AppendResult{Error: rpcerr.ToEntry(op.err)}
+			continue
+		}
+		out.Results[i] = &v1.AppendResult{BaseOffset: op.base, RecordCount: op.meta.NumRecords}
+	}
+	return connect.NewResponse(out), nil
+}
+
+// prepareAppend checks one entry before anything is written: the agent
+// holds the partition under a live lease, the batch is sound and within the
+// topic's limit, and the agent can take the write now (shed).
+func (a *Agent) prepareAppend(ctx context.Context, e *v1.AppendEntry, acks v1.Acks) appendOp {
+	p, err := a.lookup(ctx, e.GetTopic(), e.GetPartition())
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("partition %s: bad record batch: %w", p.key, err))
+		return appendOp{err: err}
+	}
+	op := appendOp{p: p, batch: e.GetBatch()}
+	op.meta, err = batch.Check(op.batch)
+	if err != nil {
+		op.err = connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("partition %s: bad record batch: %w", p.key, err))
+		return op
 	}
 	p.mu.Lock()
-	topic, epoch, until, perr := p.topic, p.epoch, p.leaseUntil, p.err
+	topic, until, perr := p.topic, p.leaseUntil, p.err
 	p.mu.Unlock()
-	if perr != nil {
-		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+	switch {
+	case perr != nil:
+		op.err = rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+		return op
+	case !time.Now().Before(until):
+		op.err = rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: lease is not renewed (controller unreachable?); retry", p.key))
+		return op
 	}
-	if !time.Now().Before(until) {
-		return nil, rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: lease is not renewed (controller unreachable?); retry", p.key))
+	if max := topic.GetMaxBatchBytes(); max > 0 && len(op.batch) > int(max) {
+		op.err = connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("batch is %d bytes; topic %q's max_batch_bytes is %d", len(op.batch), p.key.topic, max))
+		return op
 	}
-	if max := topic.GetMaxBatchBytes(); max > 0 && len(b) > int(max) {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("batch is %d bytes; topic %q's max_batch_bytes is %d", len(b), p.key.topic, max))
-	}
-	acks := m.GetAcks()
-	switch acks {
-	case v1.Acks_ACKS_UNSPECIFIED:
-		acks = v1.Acks_ACKS_DURABLE
+	op.acks = acks
+	if acks == v1.Acks_ACKS_UNSPECIFIED {
+		op.acks = v1.Acks_ACKS_DURABLE
 		if topic.GetDurability() == v1.Durability_DURABILITY_WAL {
-			acks = v1.Acks_ACKS_WAL
+			op.acks = v1.Acks_ACKS_WAL
 		}
-	case v1.Acks_ACKS_DURABLE, v1.Acks_ACKS_WAL:
-	default:
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("unknown acks %d; use ACKS_DURABLE or ACKS_WAL", acks))
 	}
-	if err := a.shed(acks); err != nil {
-		return nil, err
-	}
+	op.err = a.shed(op.acks)
+	return op
+}
 
+// appendAll assigns offsets to every entry that passed prepareAppend,
+// enqueues them on the WAL back to back (one group commit, one fsync), and
+// waits for the fsync.
+func (a *Agent) appendAll(ctx context.Context, ops []appendOp) {
 	// Close waits for appends between here and the end of their WAL wait
 	// (closeMu), so none reaches the WAL after the final flush started or
 	// after the WAL is closed.
 	a.closeMu.RLock()
-	if err := a.refusal(); err != nil {
-		a.closeMu.RUnlock()
-		return nil, err
-	}
+	defer a.closeMu.RUnlock()
+	refused := a.refusal()
 	// The span of the request (the agent's server span, or the gateway's
-	// in `streamhouse dev`): a flush that carries this batch joins its trace.
+	// in `streamhouse dev`): a flush that carries these batches joins its
+	// trace.
 	reqSpan := trace.SpanContextFromContext(ctx)
 	walCtx, walSpan := spans.Start(ctx, tracer, "agent.wal_append")
-	// Assign offsets and enqueue under appendMu: the partition's frames
-	// reach the WAL in offset order.
-	p.appendMu.Lock()
-	p.mu.Lock()
-	perr = p.err
-	p.mu.Unlock()
-	if perr != nil {
+	var records, bytes int
+	for i := range ops {
+		op := &ops[i]
+		if op.err != nil {
+			continue
+		}
+		if refused != nil {
+			op.err = refused
+			continue
+		}
+		p := op.p
+		// Assign offsets and enqueue under appendMu: the partition's frames
+		// reach the WAL in offset order.
+		p.appendMu.Lock()
+		p.mu.Lock()
+		perr, epoch := p.err, p.epoch
+		p.mu.Unlock()
+		if perr != nil {
+			p.appendMu.Unlock()
+			op.err = rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+			continue
+		}
+		op.base = p.nextOffset
+		op.end = op.base + int64(op.meta.NumRecords)
+		batch.SetBaseOffset(op.batch, op.base)
+		batch.SetPartitionLeaderEpoch(op.batch, int32(epoch))
+		if op.acks == v1.Acks_ACKS_DURABLE {
+			p.addFlushWaiter(reqSpan, op.end)
+		}
+		op.pend = a.wal.Append(wal.Entry{Topic: p.key.topic, Partition: p.key.partition, BaseOffset: op.base, EndOffset: op.end, MaxTimestampMs: op.meta.MaxTimestamp, Data: op.batch})
+		p.nextOffset = op.end
 		p.appendMu.Unlock()
-		a.closeMu.RUnlock()
-		walSpan.End()
-		return nil, rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+		records += int(op.meta.NumRecords)
+		bytes += len(op.batch)
 	}
-	base := p.nextOffset
-	end := base + int64(meta.NumRecords)
-	batch.SetBaseOffset(b, base)
-	batch.SetPartitionLeaderEpoch(b, int32(epoch))
-	if acks == v1.Acks_ACKS_DURABLE {
-		p.addFlushWaiter(reqSpan, end)
-	}
-	pend := a.wal.Append(wal.Entry{Topic: p.key.topic, Partition: p.key.partition, BaseOffset: base, EndOffset: end, MaxTimestampMs: meta.MaxTimestamp, Data: b})
-	p.nextOffset = end
-	p.appendMu.Unlock()
-
-	_, err = pend.Wait(walCtx)
-	a.closeMu.RUnlock()
-	if walSpan.IsRecording() {
-		walSpan.SetAttributes(attribute.String("streamhouse.partition", p.key.String()),
-			attribute.Int64("streamhouse.base_offset", base), attribute.Int("streamhouse.records", int(meta.NumRecords)),
-			attribute.Int("streamhouse.bytes", len(b)))
+	var firstErr error
+	for i := range ops {
+		op := &ops[i]
+		if op.pend == nil {
+			continue
+		}
+		_, err := op.pend.Wait(walCtx)
 		if err != nil {
-			walSpan.SetStatus(codes.Error, err.Error())
+			if firstErr == nil {
+				firstErr = err
+			}
+			if ctx.Err() != nil {
+				op.err = connect.NewError(connect.CodeCanceled, fmt.Errorf("partition %s: gave up waiting for the WAL fsync; the records may or may not be written: %w", op.p.key, err))
+				continue
+			}
+			// The WAL is dead (fsync errors are not retryable): offsets from
+			// base on were never made durable, so this agent must stop
+			// serving the partition.
+			a.log.ErrorContext(ctx, "WAL append failed; the agent cannot accept writes", "partition", op.p.key.String(), "err", err)
+			op.p.fail(fmt.Errorf("WAL failed: %w", err))
+			op.err = connect.NewError(connect.CodeInternal, fmt.Errorf("partition %s: WAL write failed: %w", op.p.key, err))
+			continue
+		}
+		op.p.advanceWALEnd(op.end)
+		appendRecords.Add(int(op.meta.NumRecords))
+		appendBytes.Add(len(op.batch))
+		a.noteUnuploaded(len(op.batch))
+	}
+	if walSpan.IsRecording() {
+		walSpan.SetAttributes(attribute.Int("streamhouse.entries", len(ops)),
+			attribute.Int("streamhouse.records", records), attribute.Int("streamhouse.bytes", bytes))
+		if firstErr != nil {
+			walSpan.SetStatus(codes.Error, firstErr.Error())
 		}
 	}
 	walSpan.End()
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, connect.NewError(connect.CodeCanceled, fmt.Errorf("partition %s: gave up waiting for the WAL fsync; the records may or may not be written: %w", p.key, err))
-		}
-		// The WAL is dead (fsync errors are not retryable): offsets from
-		// base on were never made durable, so this agent must stop serving.
-		a.log.ErrorContext(ctx, "WAL append failed; the agent cannot accept writes", "partition", p.key.String(), "err", err)
-		p.fail(fmt.Errorf("WAL failed: %w", err))
-		return nil, connect.NewError(connect.CodeInternal, fmt.Errorf("partition %s: WAL write failed: %w", p.key, err))
-	}
-	p.advanceWALEnd(end)
-	appendRecords.Add(int(meta.NumRecords))
-	appendBytes.Add(len(b))
-	a.noteUnuploaded(len(b))
+}
 
-	if acks == v1.Acks_ACKS_DURABLE {
-		// Waits for the uploader's flush (agent.flush, in this trace when
-		// this request's span was the one the flush picked as parent).
-		wctx, waitSpan := spans.Start(ctx, tracer, "agent.commit_wait")
-		err := p.waitFor(wctx, func() bool { return p.committedEnd >= end })
-		if err != nil && waitSpan.IsRecording() {
+// awaitCommits waits, for every durable entry that reached the WAL, until
+// the uploader committed it, or for at most DurableAckTimeout in all.
+func (a *Agent) awaitCommits(ctx context.Context, ops []appendOp) {
+	durable := false
+	for i := range ops {
+		durable = durable || (ops[i].err == nil && ops[i].acks == v1.Acks_ACKS_DURABLE)
+	}
+	if !durable {
+		return
+	}
+	// Waits for the uploader's flush (agent.flush, in this trace when this
+	// request's span was the one the flush picked as parent).
+	wctx, waitSpan := spans.Start(ctx, tracer, "agent.commit_wait")
+	defer waitSpan.End()
+	wctx, cancel := context.WithTimeout(wctx, a.cfg.DurableAckTimeout)
+	defer cancel()
+	for i := range ops {
+		op := &ops[i]
+		if op.err != nil || op.acks != v1.Acks_ACKS_DURABLE {
+			continue
+		}
+		p := op.p
+		err := p.waitFor(wctx, func() bool { return p.committedEnd >= op.end })
+		if err == nil {
+			continue
+		}
+		if waitSpan.IsRecording() {
 			waitSpan.SetStatus(codes.Error, err.Error())
 		}
-		waitSpan.End()
-		if err != nil {
-			code := connect.CodeAborted
-			if ctx.Err() != nil {
-				code = connect.CodeDeadlineExceeded
-			}
-			return nil, connect.NewError(code, fmt.Errorf("partition %s: records at [%d, %d) are in the WAL but not yet committed: %w", p.key, base, end, err))
+		switch {
+		case ctx.Err() != nil:
+			op.err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf("partition %s: records at [%d, %d) are in the WAL but not yet committed: %w", p.key, op.base, op.end, ctx.Err()))
+		case wctx.Err() != nil:
+			durableAckTimeouts.Inc()
+			op.err = connect.NewError(connect.CodeDeadlineExceeded, fmt.Errorf(
+				"partition %s: records at [%d, %d) are in the WAL but were not committed within the durable ack timeout (%v; is the object store failing?); they may or may not become visible",
+				p.key, op.base, op.end, a.cfg.DurableAckTimeout))
+		default:
+			op.err = connect.NewError(connect.CodeAborted, fmt.Errorf("partition %s: records at [%d, %d) are in the WAL but not yet committed: %w", p.key, op.base, op.end, err))
 		}
 	}
-	return connect.NewResponse(&v1.AppendResponse{BaseOffset: base, RecordCount: meta.NumRecords}), nil
 }
 
 // Read serves whole batches from offset up to the high watermark.
@@ -183,34 +298,18 @@ func (s service) Read(ctx context.Context, req *connect.Request[v1.ReadRequest])
 	if err != nil {
 		return nil, err
 	}
-	maxBytes := int(m.GetMaxBytes())
-	switch {
-	case maxBytes == 0:
-		maxBytes = defaultReadBytes
-	case maxBytes < 0 || maxBytes > maxReadBytes:
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("max_bytes must be between 1 and %d, got %d", maxReadBytes, maxBytes))
+	maxBytes, err := readMaxBytes(m.GetMaxBytes())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
-	wait := time.Duration(m.GetMaxWaitMs()) * time.Millisecond
-	if wait < 0 || wait > maxWait {
-		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("max_wait_ms must be between 0 and %d, got %d", maxWait.Milliseconds(), m.GetMaxWaitMs()))
+	wait, err := readWait(m.GetMaxWaitMs())
+	if err != nil {
+		return nil, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	offset := m.GetOffset()
-
-	p.mu.Lock()
-	hw, start, epoch, epochStart := p.highWatermarkLocked(), p.startOffset, p.epoch, p.epochStart
-	p.mu.Unlock()
-	if last := int64(m.GetLastEpoch()); last > 0 && last < epoch && offset > epochStart {
-		// The consumer read an earlier epoch past where this one began: an
-		// unclean handoff lost those records and reused their offsets.
-		ce := connect.NewError(connect.CodeFailedPrecondition, fmt.Errorf(
-			"partition %s was truncated at offset %d: records you read from epoch %d at and after it were lost when the partition moved uncleanly (epoch %d); resume from %d",
-			p.key, epochStart, last, epoch, epochStart))
-		ce.Meta().Set(rpcerr.TruncatedAtKey, fmt.Sprint(epochStart))
-		truncationsDetected.Inc()
-		return nil, ce
-	}
-	if offset < start || offset > hw {
-		return nil, connect.NewError(connect.CodeOutOfRange, fmt.Errorf("offset %d is out of range for partition %s: valid offsets are %d to %d", offset, p.key, start, hw))
+	hw, start, err := p.checkRead(offset, m.GetLastEpoch())
+	if err != nil {
+		return nil, err
 	}
 	if offset == hw && wait > 0 {
 		wctx, cancel := context.WithTimeout(ctx, wait)

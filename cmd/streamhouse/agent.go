@@ -115,6 +115,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 			Store:      store, KeyRoot: cfg.Store.KeyRoot, PrefixCount: cfg.Store.PrefixCount,
 			FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes, Logger: log,
 			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
+			MaxInFlightBytes: cfg.Store.MaxInFlightBytes, DurableAckTimeout: cfg.Store.DurableAckTimeout,
 		})
 		if err == nil {
 			break

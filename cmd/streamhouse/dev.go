@@ -160,6 +160,7 @@ func runDev(ctx context.Context, cfg devConfig) error {
 		PrefixCount: cfg.Store.PrefixCount, FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes,
 		Logger: log,
 		Guard:  cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
+		MaxInFlightBytes: cfg.Store.MaxInFlightBytes, DurableAckTimeout: cfg.Store.DurableAckTimeout,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/pflag"
 
@@ -28,6 +29,9 @@ type storeConfig struct {
 	GetRate     float64
 	WALBudget   int64
 	NoGuard     bool
+	// The agent's write admission, which the store's health drives.
+	MaxInFlightBytes  int64
+	DurableAckTimeout time.Duration
 }
 
 // guardConfig is the object-store protection the flags ask for.
@@ -61,11 +65,16 @@ func (c *storeConfig) addFlags(f *pflag.FlagSet) {
 	f.Float64Var(&c.GetRate, "s3-get-rate", 5000, "object GETs per second this agent may send at most")
 	f.BoolVar(&c.NoGuard, "s3-no-guard", false, "talk to the object store without rate limits, retries and circuit breaker (to measure what they cost; not for production)")
 	f.Int64Var(&c.WALBudget, "wal-budget", 1<<30, "bytes of not-yet-uploaded data the WAL may hold; past 80% writes get 429 until it is back under 60%")
+	f.Int64Var(&c.MaxInFlightBytes, "max-inflight-bytes", 128<<20, "batch bytes of produce requests the agent holds at once (a durable ack holds its request until the next flush is committed); past it requests get 429 with a Retry-After, so memory follows this limit, not the offered load")
+	f.DurationVar(&c.DurableAckTimeout, "durable-ack-timeout", 10*time.Second, "longest a durable produce waits for its commit before it is answered (DeadlineExceeded: the records are in the WAL and may or may not become visible); bounds the wait while the object store fails")
 }
 
 func (c *storeConfig) validate() error {
 	if c.PutRate <= 0 || c.GetRate <= 0 || c.WALBudget < 1<<20 {
 		return fmt.Errorf("--s3-put-rate and --s3-get-rate must be positive and --wal-budget at least 1 MiB")
+	}
+	if c.MaxInFlightBytes < 1<<20 || c.DurableAckTimeout < 100*time.Millisecond {
+		return fmt.Errorf("--max-inflight-bytes must be at least 1 MiB (got %d) and --durable-ack-timeout at least 100ms (got %v)", c.MaxInFlightBytes, c.DurableAckTimeout)
 	}
 	if c.FaultProxy && c.Kind != "s3" {
 		return errors.New("--s3-fault-proxy needs --object-store s3")
