@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/batch"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // fakeAgent is an in-memory AgentServiceClient: one log of batches per
@@ -23,14 +24,16 @@ type fakeAgent struct {
 	mu      sync.Mutex
 	logs    map[string]*fakeLog
 	changed chan struct{} // closed and replaced on every append
-	appends []*v1.AppendRequest
+	appends []appendCall  // every entry appended, in order
 
-	// hooks, called before the request is served; a non-nil error is returned.
-	onAppend func(*v1.AppendRequest) error
+	// hooks, called before the request (for appends: each entry) is
+	// served; a non-nil error is returned (for appends: as the entry's).
+	onAppend func(*v1.AppendEntry) error
 	onRead   func(*v1.ReadRequest) error
 
-	reads       atomic.Int32 // Read calls
-	activeReads atomic.Int32
+	reads          atomic.Int32 // Read calls
+	appendRequests atomic.Int32 // Append calls (each with one or more entries)
+	activeReads    atomic.Int32
 }
 
 type fakeLog struct {
@@ -44,39 +47,60 @@ func newFakeAgent(name string) *fakeAgent {
 
 func logKey(topic string, p int32) string { return fmt.Sprintf("%s/%d", topic, p) }
 
+// appendCall is one entry an Append request carried, with the request's acks.
+type appendCall struct {
+	*v1.AppendEntry
+	acks v1.Acks
+}
+
+func (c appendCall) GetAcks() v1.Acks { return c.acks }
+
+// Append serves each entry on its own, as the real agent does: the hook's
+// error or a bad batch is that entry's error.
 func (a *fakeAgent) Append(ctx context.Context, req *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error) {
+	a.appendRequests.Add(1)
 	a.mu.Lock()
 	onAppend := a.onAppend
 	a.mu.Unlock()
+	out := &v1.AppendResponse{}
+	for _, e := range req.Msg.GetEntries() {
+		base, n, err := a.appendEntry(e, req.Msg.GetAcks(), onAppend)
+		if err != nil {
+			out.Results = append(out.Results, &v1.AppendResult{Error: rpcerr.ToEntry(err)})
+			continue
+		}
+		out.Results = append(out.Results, &v1.AppendResult{BaseOffset: base, RecordCount: n})
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (a *fakeAgent) appendEntry(e *v1.AppendEntry, acks v1.Acks, onAppend func(*v1.AppendEntry) error) (int64, int32, error) {
 	if onAppend != nil {
-		if err := onAppend(req.Msg); err != nil {
-			return nil, err
+		if err := onAppend(e); err != nil {
+			return 0, 0, err
 		}
 	}
-	m, err := batch.Check(req.Msg.GetBatch())
+	m, err := batch.Check(e.GetBatch())
 	if err != nil {
-		return nil, connect.NewError(connect.CodeInvalidArgument, err)
+		return 0, 0, connect.NewError(connect.CodeInvalidArgument, err)
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.appends = append(a.appends, &v1.AppendRequest{
-		Topic: req.Msg.GetTopic(), Partition: req.Msg.GetPartition(),
-		Batch: slices.Clone(req.Msg.GetBatch()), Acks: req.Msg.GetAcks(),
-	})
-	k := logKey(req.Msg.GetTopic(), req.Msg.GetPartition())
+	b := slices.Clone(e.GetBatch())
+	a.appends = append(a.appends, appendCall{&v1.AppendEntry{Topic: e.GetTopic(), Partition: e.GetPartition(), Batch: b}, acks})
+	k := logKey(e.GetTopic(), e.GetPartition())
 	l := a.logs[k]
 	if l == nil {
 		l = &fakeLog{}
 		a.logs[k] = l
 	}
-	b := slices.Clone(req.Msg.GetBatch())
 	base := l.end
 	batch.SetBaseOffset(b, base)
 	l.batches = append(l.batches, b)
 	l.end += int64(m.LastOffsetDelta) + 1
 	close(a.changed)
 	a.changed = make(chan struct{})
-	return connect.NewResponse(&v1.AppendResponse{BaseOffset: base, RecordCount: m.NumRecords}), nil
+	return base, m.NumRecords, nil
 }
 
 func (a *fakeAgent) Read(ctx context.Context, req *connect.Request[v1.ReadRequest]) (*connect.Response[v1.ReadResponse], error) {
@@ -142,7 +166,7 @@ func (a *fakeAgent) Read(ctx context.Context, req *connect.Request[v1.ReadReques
 	}
 }
 
-func (a *fakeAgent) setHooks(onAppend func(*v1.AppendRequest) error, onRead func(*v1.ReadRequest) error) {
+func (a *fakeAgent) setHooks(onAppend func(*v1.AppendEntry) error, onRead func(*v1.ReadRequest) error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if onAppend != nil {
@@ -153,7 +177,7 @@ func (a *fakeAgent) setHooks(onAppend func(*v1.AppendRequest) error, onRead func
 	}
 }
 
-func (a *fakeAgent) appendCalls() []*v1.AppendRequest {
+func (a *fakeAgent) appendCalls() []appendCall {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.appends)

@@ -77,6 +77,11 @@ type Config struct {
 	// Logger receives Debug lines only (one or two per request, plus route
 	// refreshes); nil discards.
 	Logger *slog.Logger
+	// MaxInFlightBytes bounds the bytes of produce requests held at once,
+	// from admission to answer; past it produce requests get
+	// ResourceExhausted (HTTP 429) with a Retry-After.
+	// DefaultMaxInFlightBytes when zero.
+	MaxInFlightBytes int64
 	// HandlerOptions, optional, are added to every service handler before
 	// the gateway's own (cmd/streamhouse passes the tracing interceptor of
 	// pkg/telemetry here when tracing is on).
@@ -90,6 +95,8 @@ type Gateway struct {
 	routes *routeCache
 	// rr picks the partition of a request's keyless records, round-robin.
 	rr atomic.Uint64
+	// inflight is the admission budget of produce requests.
+	inflight inflight
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -120,7 +127,14 @@ func New(cfg Config) (*Gateway, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
+	if cfg.MaxInFlightBytes < 0 {
+		return nil, errors.New("gateway: Config.MaxInFlightBytes must not be negative")
+	}
+	if cfg.MaxInFlightBytes == 0 {
+		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
+	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger}
+	g.inflight.limit = cfg.MaxInFlightBytes
 	g.routes = newRouteCache(cfg.Controller, cfg.RouteTTL)
 	if cfg.Routes != nil {
 		ctx, cancel := context.WithCancel(context.Background())

@@ -83,7 +83,7 @@ func eachProtocol(t *testing.T, fn func(t *testing.T, e *env)) {
 func newEnv(t *testing.T, ttl time.Duration, opts ...connect.ClientOption) *env {
 	t.Helper()
 	e := &env{agent: newFakeAgent("agent"), stale: newFakeAgent("stale"), logs: &syncBuffer{}}
-	e.stale.onAppend = func(r *v1.AppendRequest) error {
+	e.stale.onAppend = func(r *v1.AppendEntry) error {
 		return rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("not the lease holder of %s/%d", r.GetTopic(), r.GetPartition()))
 	}
 	e.stale.onRead = func(r *v1.ReadRequest) error {
@@ -332,7 +332,7 @@ func TestProduceBadInput(t *testing.T) {
 			{"records over max batch", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](1), Records: many}, connect.CodeInvalidArgument, "max_batch_bytes is 1000"},
 			{"batch without partition", &v1.ProduceRequest{Topic: "t", Batch: good}, connect.CodeInvalidArgument, "needs partition"},
 			{"batch partition out of range", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](99), Batch: good}, connect.CodeInvalidArgument, "out of range"},
-			{"oversize batch", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](0), Batch: big}, connect.CodeInvalidArgument, fmt.Sprintf("batch is %d bytes; topic's max_batch_bytes is 1000", len(big))},
+			{"oversize batch", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](0), Batch: big}, connect.CodeInvalidArgument, fmt.Sprintf("batch is %d bytes; topic \"t\"'s max_batch_bytes is 1000", len(big))},
 			{"corrupt batch", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](0), Batch: corrupt}, connect.CodeInvalidArgument, "CRC mismatch"},
 			{"garbage batch", &v1.ProduceRequest{Topic: "t", Partition: ptr[int32](0), Batch: []byte("hello")}, connect.CodeInvalidArgument, "batch rejected"},
 			{"partition without agent", &v1.ProduceRequest{Topic: "homeless", Records: recs("k", "v")}, connect.CodeUnavailable, "has no agent yet; retry"},
@@ -521,7 +521,7 @@ func TestRouteRefreshAndRetry(t *testing.T) {
 	eachProtocol(t, func(t *testing.T, e *env) {
 		e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 2}, staleAddr)
 		// The lease moves to the good agent as soon as the stale one is asked.
-		e.stale.setHooks(func(r *v1.AppendRequest) error {
+		e.stale.setHooks(func(r *v1.AppendEntry) error {
 			e.ctl.setRoute(r.GetTopic(), r.GetPartition(), agentAddr)
 			return rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("not the lease holder of %s/%d", r.GetTopic(), r.GetPartition()))
 		}, nil)
@@ -561,8 +561,9 @@ func TestRouteRefreshAndRetry(t *testing.T) {
 	})
 }
 
-// TestProducePartialFailure: a request spanning partitions reports the
-// failing partition's error; the other partitions are written.
+// TestProducePartialFailure: a records request spanning partitions reports
+// the failing partition's error in its result; the other partitions are
+// written and have their offsets.
 func TestProducePartialFailure(t *testing.T) {
 	eachProtocol(t, func(t *testing.T, e *env) {
 		e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 4}, agentAddr)
@@ -571,8 +572,22 @@ func TestProducePartialFailure(t *testing.T) {
 		for i := range 40 {
 			in = append(in, fmt.Sprintf("k%d", i), "v")
 		}
-		_, err := e.produce.Produce(ctxT(t), connect.NewRequest(&v1.ProduceRequest{Topic: "t", Records: recs(in...)}))
-		wantCode(t, "produce with one partition refused", err, connect.CodeFailedPrecondition, "not the lease holder of t/2")
+		res := e.mustProduce(t, &v1.ProduceRequest{Topic: "t", Records: recs(in...)})
+		if len(res.GetResults()) != 4 {
+			t.Fatalf("results %v, want one per partition", res.GetResults())
+		}
+		for i, r := range res.GetResults() {
+			if r.GetPartition() != int32(i) || r.GetTopic() != "t" {
+				t.Fatalf("result %d is for %s/%d", i, r.GetTopic(), r.GetPartition())
+			}
+			ce := rpcerr.FromEntry(r.GetError())
+			switch {
+			case i == 2 && (ce.Code() != connect.CodeFailedPrecondition || !rpcerr.IsNotApplied(ce) || !strings.Contains(ce.Message(), "not the lease holder of t/2")):
+				t.Fatalf("partition 2: error %v, want a not-applied failed_precondition", r.GetError())
+			case i != 2 && (ce != nil || r.GetRecordCount() == 0):
+				t.Fatalf("partition %d: %v, want written", i, r)
+			}
+		}
 		written := map[int32]bool{}
 		for _, c := range e.agent.appendCalls() {
 			written[c.GetPartition()] = true

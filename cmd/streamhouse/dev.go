@@ -168,8 +168,11 @@ func runDev(ctx context.Context, cfg devConfig) error {
 	agentClient := ag.Handler()
 	gw, err := gateway.New(gateway.Config{
 		Admin: ctrl.Admin(), Controller: ctrl.Controller(), Groups: ctrl.Groups(), Logger: log,
-		HandlerOptions: tel.PublicHandlerOptions(),
-		Agents:         func(string) (streamhousev1connect.AgentServiceClient, error) { return agentClient, nil },
+		// In one process the gateway and the agent hold the same bytes:
+		// one limit (--max-inflight-bytes) for both.
+		MaxInFlightBytes: cfg.Store.MaxInFlightBytes,
+		HandlerOptions:   tel.PublicHandlerOptions(),
+		Agents:           func(string) (streamhousev1connect.AgentServiceClient, error) { return agentClient, nil },
 	})
 	if err != nil {
 		_ = ag.Close(context.Background())

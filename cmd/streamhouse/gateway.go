@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"sync"
 
@@ -21,6 +22,8 @@ type gatewayConfig struct {
 	Controllers string
 	Zone        string
 	Gossip      gossipConfig
+	// MaxInFlightBytes bounds the produce request bytes held at once.
+	MaxInFlightBytes int64
 }
 
 func newGatewayCommand() *cobra.Command {
@@ -34,6 +37,9 @@ to the agent holding each partition's lease. Run as many as you like.`,
 		Example: `  streamhouse gateway --listen :8080 --controllers c1:7001,c2:7001,c3:7001`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if cfg.MaxInFlightBytes < 1<<20 {
+				return usageError{fmt.Errorf("--max-inflight-bytes must be at least 1 MiB, got %d", cfg.MaxInFlightBytes)}
+			}
 			if len(splitList(cfg.Controllers)) == 0 && cfg.Gossip.Seeds == "" {
 				return usageError{errors.New("give --controllers (the controllers' API addresses) or --seeds (to find them through gossip)")}
 			}
@@ -45,6 +51,7 @@ to the agent holding each partition's lease. Run as many as you like.`,
 	f.StringVar(&cfg.Advertise, "advertise", "", "address clients use to reach this gateway, announced through gossip (default the listen address, wildcard host replaced by the hostname)")
 	f.StringVar(&cfg.Controllers, "controllers", "", "controller API addresses: host:port,... (or find them through gossip with --seeds)")
 	f.StringVar(&cfg.Zone, "zone", "", "availability zone of this gateway, announced through gossip and logged (agents take the same flag)")
+	f.Int64Var(&cfg.MaxInFlightBytes, "max-inflight-bytes", gateway.DefaultMaxInFlightBytes, "bytes of produce requests the gateway holds at once, from arrival to answer; past it produce requests get 429 with a Retry-After, so memory follows this limit, not the offered load")
 	cfg.Gossip.addFlags(f)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
@@ -99,10 +106,11 @@ func runGateway(ctx context.Context, cfg gatewayConfig) error {
 
 	ctlOpts := tel.ClientOptions(connect.WithGRPC())
 	gw, err := gateway.New(gateway.Config{
-		Admin:      streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), ctlOpts...),
-		Controller: streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), ctlOpts...),
-		Routes:     streamhousev1connect.NewRoutesServiceClient(hc, tr.URL(), ctlOpts...),
-		Groups:     streamhousev1connect.NewGroupServiceClient(hc, tr.URL(), ctlOpts...),
+		MaxInFlightBytes: cfg.MaxInFlightBytes,
+		Admin:            streamhousev1connect.NewAdminServiceClient(hc, tr.URL(), ctlOpts...),
+		Controller:       streamhousev1connect.NewControllerServiceClient(hc, tr.URL(), ctlOpts...),
+		Routes:           streamhousev1connect.NewRoutesServiceClient(hc, tr.URL(), ctlOpts...),
+		Groups:           streamhousev1connect.NewGroupServiceClient(hc, tr.URL(), ctlOpts...),
 		// Public API: a client's trace context is linked, not trusted.
 		HandlerOptions: tel.PublicHandlerOptions(),
 		Agents:         agents.get,
