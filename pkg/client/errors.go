@@ -78,6 +78,12 @@ func classifyProduceError(err error) (outcome, time.Duration) {
 		// the request may have reached the server.
 		return outcomeUnknown, 0
 	}
+	return classifyRefusal(ce)
+}
+
+// classifyRefusal classifies an error the server sent: a whole request's,
+// or one entry's (rpcerr.FromEntry of a PartitionResult's error).
+func classifyRefusal(ce *connect.Error) (outcome, time.Duration) {
 	switch ce.Code() {
 	case connect.CodeResourceExhausted:
 		return outcomeRetry, retryAfter(ce)

@@ -17,6 +17,7 @@ import (
 	streamhousev1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
 	"github.com/streamhouse/streamhouse/pkg/batch"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // fakeLog is one partition's in-memory log of batches.
@@ -44,6 +45,9 @@ type fakeGateway struct {
 	beforeAppend func(n int64, req *streamhousev1.ProduceRequest) error
 	// afterAppend, when set, runs after the append, before answering.
 	afterAppend func(n int64, req *streamhousev1.ProduceRequest)
+	// beforeEntry, when set, may fail one entry of a request (its error is
+	// the entry's; the other entries are appended).
+	beforeEntry func(n int64, e *streamhousev1.ProduceBatch) error
 
 	produceCalls atomic.Int64
 	appended     atomic.Int64 // records appended
@@ -84,24 +88,55 @@ func (g *fakeGateway) DescribeTopic(_ context.Context, req *connect.Request[stre
 	return connect.NewResponse(resp), nil
 }
 
+// Produce takes the SDK's shape (batches); the hooks see the whole request,
+// beforeEntry each entry (its error is the entry's).
 func (g *fakeGateway) Produce(_ context.Context, req *connect.Request[streamhousev1.ProduceRequest]) (*connect.Response[streamhousev1.ProduceResponse], error) {
 	n := g.produceCalls.Add(1)
 	m := req.Msg
-	if m.GetTopic() != g.topic {
-		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q not found", m.GetTopic()))
-	}
-	if m.Partition == nil || m.GetPartition() < 0 || m.GetPartition() >= g.partitions {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("bad partition"))
-	}
-	if len(m.GetRecords()) > 0 || len(m.GetBatch()) == 0 {
-		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the fake wants exactly one batch"))
+	if len(m.GetRecords()) > 0 || len(m.GetBatch()) > 0 || len(m.GetBatches()) == 0 {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("the fake wants batches"))
 	}
 	if g.beforeAppend != nil {
 		if err := g.beforeAppend(n, m); err != nil {
 			return nil, err
 		}
 	}
-	b := m.GetBatch()
+	out := &streamhousev1.ProduceResponse{}
+	failed := 0
+	var firstErr error
+	for _, e := range m.GetBatches() {
+		res, err := g.appendEntry(n, e)
+		if err != nil {
+			failed++
+			if firstErr == nil {
+				firstErr = err
+			}
+			res = &streamhousev1.PartitionResult{Topic: e.GetTopic(), Partition: e.GetPartition(), Error: rpcerr.ToEntry(err)}
+		}
+		out.Results = append(out.Results, res)
+	}
+	if g.afterAppend != nil {
+		g.afterAppend(n, m)
+	}
+	if failed == len(m.GetBatches()) {
+		return nil, firstErr
+	}
+	return connect.NewResponse(out), nil
+}
+
+func (g *fakeGateway) appendEntry(n int64, e *streamhousev1.ProduceBatch) (*streamhousev1.PartitionResult, error) {
+	if e.GetTopic() != g.topic {
+		return nil, connect.NewError(connect.CodeNotFound, fmt.Errorf("topic %q not found", e.GetTopic()))
+	}
+	if e.GetPartition() < 0 || e.GetPartition() >= g.partitions {
+		return nil, connect.NewError(connect.CodeInvalidArgument, errors.New("bad partition"))
+	}
+	if g.beforeEntry != nil {
+		if err := g.beforeEntry(n, e); err != nil {
+			return nil, err
+		}
+	}
+	b := e.GetBatch()
 	meta, err := batch.Check(b)
 	if err != nil {
 		return nil, connect.NewError(connect.CodeInvalidArgument, err)
@@ -110,7 +145,7 @@ func (g *fakeGateway) Produce(_ context.Context, req *connect.Request[streamhous
 		return nil, connect.NewError(connect.CodeInvalidArgument, fmt.Errorf("batch of %d bytes exceeds %d", len(b), g.maxBatchBytes))
 	}
 	g.mu.Lock()
-	l := g.logs[m.GetPartition()]
+	l := g.logs[e.GetPartition()]
 	base := l.next
 	batch.SetBaseOffset(b, base)
 	if !g.discard {
@@ -122,12 +157,7 @@ func (g *fakeGateway) Produce(_ context.Context, req *connect.Request[streamhous
 	l.changed = make(chan struct{})
 	g.mu.Unlock()
 	g.appended.Add(int64(meta.NumRecords))
-	if g.afterAppend != nil {
-		g.afterAppend(n, m)
-	}
-	return connect.NewResponse(&streamhousev1.ProduceResponse{Results: []*streamhousev1.PartitionResult{{
-		Partition: m.GetPartition(), BaseOffset: base, RecordCount: meta.NumRecords,
-	}}}), nil
+	return &streamhousev1.PartitionResult{Topic: e.GetTopic(), Partition: e.GetPartition(), BaseOffset: base, RecordCount: meta.NumRecords}, nil
 }
 
 func (g *fakeGateway) Fetch(ctx context.Context, req *connect.Request[streamhousev1.FetchRequest]) (*connect.Response[streamhousev1.FetchResponse], error) {

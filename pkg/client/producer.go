@@ -13,6 +13,7 @@ import (
 	streamhousev1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/batch"
 	"github.com/streamhouse/streamhouse/pkg/partition"
+	"github.com/streamhouse/streamhouse/pkg/rpcerr"
 )
 
 // Record is one record to produce.
@@ -54,6 +55,8 @@ const (
 	DefaultLinger                  = 5 * time.Millisecond
 	DefaultBatchBytes              = 1 << 20
 	DefaultMaxInFlightPerPartition = 1
+	DefaultMaxRequestBytes         = 1 << 20
+	DefaultMaxInFlightRequests     = 5
 	DefaultMaxBufferedBytes        = 64 << 20
 	DefaultRequestTimeout          = 30 * time.Second
 	DefaultRetryBackoffBase        = 50 * time.Millisecond
@@ -65,6 +68,8 @@ type producerConfig struct {
 	linger           time.Duration
 	batchBytes       int
 	maxInFlight      int
+	maxRequestBytes  int
+	maxRequests      int
 	acks             streamhousev1.Acks
 	codec            batch.Codec
 	maxBuffered      int64
@@ -105,6 +110,34 @@ func MaxInFlightPerPartition(n int) ProducerOption {
 	return func(c *producerConfig) {
 		if n > 0 {
 			c.maxInFlight = n
+		}
+	}
+}
+
+// MaxRequestBytes bounds one produce request (Kafka max.request.size):
+// the producer packs the ready batches of many partitions into one request
+// up to this many estimated bytes. Default 1 MiB. A single batch larger than
+// this is sent alone.
+func MaxRequestBytes(n int) ProducerOption {
+	return func(c *producerConfig) {
+		if n > 0 {
+			c.maxRequestBytes = n
+		}
+	}
+}
+
+// MaxInFlightRequests is how many produce requests may be in flight at once
+// over the producer's connection (Kafka
+// max.in.flight.requests.per.connection). Default 5. Each request carries
+// the ready batches of many partitions, so requests per second follow load
+// and linger, not the partition count. With durable acks a request waits
+// for the next flush (about FlushInterval), so throughput is bounded by
+// MaxInFlightRequests x MaxRequestBytes per flush interval: raise it for
+// durable topics at high rates.
+func MaxInFlightRequests(n int) ProducerOption {
+	return func(c *producerConfig) {
+		if n > 0 {
+			c.maxRequests = n
 		}
 	}
 }
@@ -167,8 +200,10 @@ func MaxRetryDuration(d time.Duration) ProducerOption {
 	}
 }
 
-// Producer batches records per partition and sends each batch as one
-// pre-encoded RecordBatch v2. It is safe for concurrent use.
+// Producer batches records per partition (each batch one pre-encoded
+// RecordBatch v2) and sends the ready batches of many partitions together,
+// one request holding up to MaxRequestBytes, at most MaxInFlightRequests
+// requests at once. It is safe for concurrent use.
 type Producer struct {
 	c          *Client
 	topic      string
@@ -184,6 +219,8 @@ type Producer struct {
 	buffered    int64
 	spaceCh     chan struct{} // closed and replaced when buffered bytes are released
 	closed      bool
+	readyParts  []*partState // partitions that may have a batch to send, in the order they became ready
+	requests    int          // produce requests in flight
 
 	wg sync.WaitGroup // send goroutines
 }
@@ -195,8 +232,9 @@ type partState struct {
 	open     *pbatch   // accumulating
 	queue    []*pbatch // full, waiting to be sent
 	inflight []*pbatch // sent, in send order, until their callbacks fired
-	sending  int       // requests in flight
+	sending  int       // batches in flight
 	lastLen  int       // records in the last batch, to size the next one
+	queued   bool      // in Producer.readyParts
 
 	deliverMu sync.Mutex // serialises callback delivery
 }
@@ -223,6 +261,8 @@ func (c *Client) NewProducer(topic string, opts ...ProducerOption) (*Producer, e
 		linger:           DefaultLinger,
 		batchBytes:       DefaultBatchBytes,
 		maxInFlight:      DefaultMaxInFlightPerPartition,
+		maxRequestBytes:  DefaultMaxRequestBytes,
+		maxRequests:      DefaultMaxInFlightRequests,
 		maxBuffered:      DefaultMaxBufferedBytes,
 		requestTimeout:   DefaultRequestTimeout,
 		backoff:          backoff{base: DefaultRetryBackoffBase, max: DefaultRetryBackoffMax},
@@ -401,8 +441,9 @@ func (p *Producer) Flush(ctx context.Context) error {
 		for _, b := range ps.inflight {
 			waits = append(waits, b.done)
 		}
-		p.pumpLocked(ps)
+		p.queueLocked(ps)
 	}
+	p.dispatchLocked() // once all are queued, so requests carry many partitions
 	p.mu.Unlock()
 	for _, ch := range waits {
 		select {
@@ -468,45 +509,212 @@ func (p *Producer) moveStickyLocked() {
 	p.sticky = next
 }
 
-// pumpLocked starts requests for ps while fewer than MaxInFlightPerPartition
-// are in flight and a batch is ready.
+// pumpLocked notes that ps may have a batch to send and starts requests.
 func (p *Producer) pumpLocked(ps *partState) {
-	for ps.sending < p.cfg.maxInFlight {
-		var b *pbatch
-		switch {
-		case len(ps.queue) > 0:
-			b = ps.queue[0]
-			ps.queue[0] = nil
-			ps.queue = ps.queue[1:]
-		case ps.open != nil && ps.open.ready:
-			b = ps.open
-			ps.open = nil
-			if b.timer != nil {
-				b.timer.Stop()
-			}
-		default:
-			return
-		}
-		ps.sending++
-		ps.lastLen = len(b.recs)
-		ps.inflight = append(ps.inflight, b)
-		p.wg.Add(1)
-		go p.send(b)
+	p.queueLocked(ps)
+	p.dispatchLocked()
+}
+
+// queueLocked adds ps to the partitions with a batch to send, if it has
+// one and may send it.
+func (p *Producer) queueLocked(ps *partState) {
+	if !ps.queued && ps.sending < p.cfg.maxInFlight && (len(ps.queue) > 0 || (ps.open != nil && ps.open.ready)) {
+		ps.queued = true
+		p.readyParts = append(p.readyParts, ps)
 	}
 }
 
-// send encodes b, sends it (retrying when safe) and delivers the outcome.
-func (p *Producer) send(b *pbatch) {
-	defer p.wg.Done()
-	ps := b.part
-	payload, err := batch.Encode(b.recs, batch.EncodeOptions{Codec: p.cfg.codec})
-	base := int64(-1)
-	if err == nil {
-		base, err = p.produceBatch(ps.id, payload, len(b.recs))
-	} else {
-		err = fmt.Errorf("client: encode batch: %w", err)
+// takeLocked removes and returns ps's next batch to send, or nil.
+func (p *Producer) takeLocked(ps *partState) *pbatch {
+	if ps.sending >= p.cfg.maxInFlight {
+		return nil
 	}
+	var b *pbatch
+	switch {
+	case len(ps.queue) > 0:
+		b = ps.queue[0]
+		ps.queue[0] = nil
+		ps.queue = ps.queue[1:]
+	case ps.open != nil && ps.open.ready:
+		b = ps.open
+		ps.open = nil
+		if b.timer != nil {
+			b.timer.Stop()
+		}
+	default:
+		return nil
+	}
+	ps.sending++
+	ps.lastLen = len(b.recs)
+	ps.inflight = append(ps.inflight, b)
+	return b
+}
 
+// dispatchLocked starts requests while fewer than MaxInFlightRequests are
+// in flight and some partition has a batch ready: each request takes one
+// batch from each ready partition, in the order they became ready, up to
+// MaxRequestBytes (as Kafka's sender drains every ready partition of a
+// broker into one request).
+func (p *Producer) dispatchLocked() {
+	for p.requests < p.cfg.maxRequests && len(p.readyParts) > 0 {
+		var batches []*pbatch
+		size := 0
+		rest := p.readyParts[:0]
+		for i, ps := range p.readyParts {
+			if size >= p.cfg.maxRequestBytes {
+				rest = append(rest, p.readyParts[i:]...)
+				break
+			}
+			if len(batches) > 0 && ps.sending < p.cfg.maxInFlight && size+p.nextBytesLocked(ps) > p.cfg.maxRequestBytes {
+				rest = append(rest, ps) // next request
+				continue
+			}
+			b := p.takeLocked(ps)
+			ps.queued = false
+			if b == nil {
+				continue
+			}
+			batches = append(batches, b)
+			size += b.bytes
+			if ps.sending < p.cfg.maxInFlight && (len(ps.queue) > 0 || (ps.open != nil && ps.open.ready)) {
+				ps.queued = true
+				rest = append(rest, ps)
+			}
+		}
+		clear(p.readyParts[len(rest):])
+		p.readyParts = rest
+		if len(batches) == 0 {
+			return
+		}
+		p.requests++
+		p.wg.Add(1)
+		go p.send(batches)
+	}
+}
+
+// nextBytesLocked is the estimated size of ps's next batch to send.
+func (p *Producer) nextBytesLocked(ps *partState) int {
+	if len(ps.queue) > 0 {
+		return ps.queue[0].bytes
+	}
+	if ps.open != nil {
+		return ps.open.bytes
+	}
+	return 0
+}
+
+// send encodes batches, sends them in one request (retrying the entries
+// that provably were not appended) and delivers each batch's outcome.
+func (p *Producer) send(batches []*pbatch) {
+	defer p.wg.Done()
+	entries := make([]*streamhousev1.ProduceBatch, 0, len(batches))
+	pending := make([]*pbatch, 0, len(batches))
+	for _, b := range batches {
+		payload, err := batch.Encode(b.recs, batch.EncodeOptions{Codec: p.cfg.codec})
+		if err != nil {
+			p.finish(b, -1, fmt.Errorf("client: encode batch: %w", err))
+			continue
+		}
+		entries = append(entries, &streamhousev1.ProduceBatch{Topic: p.topic, Partition: b.part.id, Batch: payload})
+		pending = append(pending, b)
+	}
+	p.produceEntries(pending, entries)
+	p.mu.Lock()
+	p.requests--
+	p.dispatchLocked()
+	p.mu.Unlock()
+}
+
+// produceEntries sends entries (the encoded batches) in one request and
+// retries, in a new request after a backoff, only the entries the server
+// refused without writing them, until MaxRetryDuration. Every batch ends
+// finished.
+func (p *Producer) produceEntries(batches []*pbatch, entries []*streamhousev1.ProduceBatch) {
+	start := time.Now()
+	for attempt := 0; len(batches) > 0; attempt++ {
+		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.requestTimeout)
+		resp, err := p.c.produce.Produce(ctx, connect.NewRequest(&streamhousev1.ProduceRequest{Batches: entries, Acks: p.cfg.acks}))
+		cancel()
+		var retryB []*pbatch
+		var retryE []*streamhousev1.ProduceBatch
+		var hint time.Duration
+		var lastErr error
+		for i, b := range batches {
+			entryErr := err
+			var res *streamhousev1.PartitionResult
+			if err == nil {
+				res, entryErr = resultFor(resp.Msg, i, b.part.id)
+			}
+			if entryErr == nil {
+				base, cerr := p.checkCount(res, b)
+				p.finish(b, base, cerr)
+				continue
+			}
+			var kind outcome
+			var h time.Duration
+			switch {
+			case err != nil:
+				kind, h = classifyProduceError(err)
+			case res == nil: // the answer does not match the request
+				kind = outcomeUnknown
+			default:
+				kind, h = classifyRefusal(rpcerr.FromEntry(res.GetError()))
+			}
+			switch kind {
+			case outcomeRejected:
+				p.finish(b, -1, fmt.Errorf("client: produce to %s/%d: %w", p.topic, b.part.id, entryErr))
+			case outcomeUnknown:
+				p.finish(b, -1, &UnknownOutcomeError{Topic: p.topic, Partition: b.part.id, Records: len(b.recs), Err: entryErr})
+			default:
+				retryB, retryE = append(retryB, b), append(retryE, entries[i])
+				hint, lastErr = max(hint, h), entryErr
+			}
+		}
+		if len(retryB) == 0 {
+			return
+		}
+		wait := max(p.cfg.backoff.delay(attempt), hint)
+		if time.Since(start)+wait > p.cfg.maxRetryDuration {
+			for _, b := range retryB {
+				p.finish(b, -1, fmt.Errorf("client: produce to %s/%d: giving up after %d attempts in %v: %w",
+					p.topic, b.part.id, attempt+1, time.Since(start).Round(time.Millisecond), lastErr))
+			}
+			return
+		}
+		time.Sleep(wait)
+		batches, entries = retryB, retryE
+	}
+}
+
+// resultFor returns entry i's result (for partition part) from resp, or
+// the entry's error: its own error, or an unknown outcome when the answer
+// does not match the request.
+func resultFor(resp *streamhousev1.ProduceResponse, i int, part int32) (*streamhousev1.PartitionResult, error) {
+	res := resp.GetResults()
+	if i >= len(res) || res[i].GetPartition() != part {
+		return nil, errors.New("response has no result for the partition")
+	}
+	if e := res[i].GetError(); e != nil {
+		return res[i], rpcerr.FromEntry(e)
+	}
+	return res[i], nil
+}
+
+// checkCount returns the batch's base offset, or an unknown outcome when
+// the server reports another record count than was sent.
+func (p *Producer) checkCount(r *streamhousev1.PartitionResult, b *pbatch) (int64, error) {
+	if int(r.GetRecordCount()) != len(b.recs) {
+		return -1, &UnknownOutcomeError{Topic: p.topic, Partition: b.part.id, Records: len(b.recs),
+			Err: fmt.Errorf("server reports %d records written, sent %d", r.GetRecordCount(), len(b.recs))}
+	}
+	return r.GetBaseOffset(), nil
+}
+
+// finish records b's outcome, frees its buffer space and its partition's
+// in-flight slot, and delivers the callbacks of the partition's finished
+// prefix of in-flight batches.
+func (p *Producer) finish(b *pbatch, base int64, err error) {
+	ps := b.part
 	p.mu.Lock()
 	b.finished, b.base, b.err = true, base, err
 	ps.sending--
@@ -541,55 +749,6 @@ func (p *Producer) send(b *pbatch) {
 		d.recs, d.cbs = nil, nil
 		close(d.done)
 	}
-}
-
-// produceBatch sends one encoded batch, retrying only when the batch provably
-// was not appended, and returns the base offset assigned to it.
-func (p *Producer) produceBatch(part int32, payload []byte, nrecs int) (int64, error) {
-	start := time.Now()
-	req := &streamhousev1.ProduceRequest{
-		Topic:     p.topic,
-		Partition: &part,
-		Batch:     payload,
-		Acks:      p.cfg.acks,
-	}
-	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), p.cfg.requestTimeout)
-		resp, err := p.c.produce.Produce(ctx, connect.NewRequest(req))
-		cancel()
-		if err == nil {
-			return p.baseOffset(resp.Msg, part, nrecs)
-		}
-		kind, hint := classifyProduceError(err)
-		switch kind {
-		case outcomeRejected:
-			return -1, fmt.Errorf("client: produce to %s/%d: %w", p.topic, part, err)
-		case outcomeUnknown:
-			return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs, Err: err}
-		}
-		wait := max(p.cfg.backoff.delay(attempt), hint)
-		if time.Since(start)+wait > p.cfg.maxRetryDuration {
-			return -1, fmt.Errorf("client: produce to %s/%d: giving up after %d attempts in %v: %w",
-				p.topic, part, attempt+1, time.Since(start).Round(time.Millisecond), err)
-		}
-		time.Sleep(wait)
-	}
-}
-
-// baseOffset extracts the partition's base offset from a produce response.
-func (p *Producer) baseOffset(resp *streamhousev1.ProduceResponse, part int32, nrecs int) (int64, error) {
-	for _, r := range resp.GetResults() {
-		if r.GetPartition() != part {
-			continue
-		}
-		if int(r.GetRecordCount()) != nrecs {
-			return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs,
-				Err: fmt.Errorf("server reports %d records written, sent %d", r.GetRecordCount(), nrecs)}
-		}
-		return r.GetBaseOffset(), nil
-	}
-	return -1, &UnknownOutcomeError{Topic: p.topic, Partition: part, Records: nrecs,
-		Err: errors.New("response has no result for the partition")}
 }
 
 // recordSize estimates the encoded size of a record in a batch, erring high.
