@@ -31,6 +31,8 @@ const (
 type readerConfig struct {
 	maxBytes       int32
 	maxWait        time.Duration
+	minBytes       int32 // MultiReader only (FetchMinBytes)
+	fetchMaxBytes  int32 // MultiReader only (FetchMaxBytes)
 	requestTimeout time.Duration
 	backoff        backoff
 }
