@@ -142,9 +142,9 @@ func (a *fakeAgent) ReadPartitions(ctx context.Context, req *connect.Request[v1.
 	}
 }
 
-// put appends a batch of values to a fake agent's partition, as its Append
+// putRecords appends a batch of values to a fake agent's partition, as its Append
 // does, and wakes its long-polls.
-func put(t *testing.T, a *fakeAgent, topic string, p int32, values ...string) {
+func putRecords(t *testing.T, a *fakeAgent, topic string, p int32, values ...string) {
 	t.Helper()
 	recs := make([]batch.Record, len(values))
 	for i, v := range values {

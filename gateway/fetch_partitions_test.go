@@ -127,9 +127,9 @@ func TestFetchPartitions(t *testing.T) {
 		e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 3}, agentAddr)
 		e.ctl.addTopic(&v1.TopicInfo{Name: "u", Partitions: 2}, agent2Addr)
 		e.ctl.addTopic(&v1.TopicInfo{Name: "w", Partitions: 1}, downAddr)
-		put(t, e.agent, "t", 0, "t0-a", "t0-b")
-		put(t, e.agent, "t", 0, "t0-c")
-		put(t, e.agent2, "u", 1, "u1-a")
+		putRecords(t, e.agent, "t", 0, "t0-a", "t0-b")
+		putRecords(t, e.agent, "t", 0, "t0-c")
+		putRecords(t, e.agent2, "u", 1, "u1-a")
 		req := &v1.FetchPartitionsRequest{Partitions: []*v1.FetchPartition{
 			{Topic: "t", Partition: 0, Offset: 1},
 			{Topic: "u", Partition: 1},
@@ -222,7 +222,7 @@ func TestFetchPartitionsLongPollAcrossAgents(t *testing.T) {
 	eachFetchProtocol(t, func(t *testing.T, e *fetchEnv) {
 		e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 2}, agentAddr)
 		e.ctl.addTopic(&v1.TopicInfo{Name: "u", Partitions: 2}, agent2Addr)
-		put(t, e.agent, "t", 1, "old")
+		putRecords(t, e.agent, "t", 1, "old")
 		type answer struct {
 			res *v1.FetchPartitionsResponse
 			err error
@@ -243,7 +243,7 @@ func TestFetchPartitionsLongPollAcrossAgents(t *testing.T) {
 		waitFor(t, "both agents to long-poll", func() bool {
 			return rpStats(e.agent).active.Load() == 1 && rpStats(e.agent2).active.Load() == 1
 		})
-		put(t, e.agent2, "u", 1, "new")
+		putRecords(t, e.agent2, "u", 1, "new")
 		ans := <-done
 		if ans.err != nil {
 			t.Fatalf("FetchPartitions: %v", ans.err)
@@ -274,8 +274,8 @@ func TestFetchPartitionsRouteRefresh(t *testing.T) {
 	e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 3}, agentAddr)
 	e.ctl.addTopic(&v1.TopicInfo{Name: "s", Partitions: 1}, staleAddr)
 	e.ctl.setRoute("t", 2, staleAddr)
-	put(t, e.agent, "t", 0, "a")
-	put(t, e.agent, "t", 2, "moved")
+	putRecords(t, e.agent, "t", 0, "a")
+	putRecords(t, e.agent, "t", 2, "moved")
 	// The stale agent's refusal is when the lease moves back to the agent.
 	rpStats(e.stale).onCall = func(m *v1.ReadPartitionsRequest) error {
 		for _, p := range m.GetPartitions() {
@@ -313,8 +313,8 @@ func TestFetchPartitionsRouteRefresh(t *testing.T) {
 func TestFetchPartitionsTruncated(t *testing.T) {
 	e := newFetchEnv(t)
 	e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 2}, agentAddr)
-	put(t, e.agent, "t", 0, "a", "b", "c")
-	put(t, e.agent, "t", 1, "x")
+	putRecords(t, e.agent, "t", 0, "a", "b", "c")
+	putRecords(t, e.agent, "t", 1, "x")
 	e.agent.onRead = func(r *v1.ReadRequest) error {
 		if r.GetPartition() != 0 || r.GetLastEpoch() == 0 {
 			return nil
@@ -345,9 +345,9 @@ func TestFetchPartitionsMaxBytesAcrossAgents(t *testing.T) {
 	e := newFetchEnv(t)
 	e.ctl.addTopic(&v1.TopicInfo{Name: "t", Partitions: 1}, agentAddr)
 	e.ctl.addTopic(&v1.TopicInfo{Name: "u", Partitions: 1}, agent2Addr)
-	put(t, e.agent, "t", 0, "t-a")
-	put(t, e.agent2, "u", 0, "u-a")
-	put(t, e.agent2, "u", 0, "u-b")
+	putRecords(t, e.agent, "t", 0, "t-a")
+	putRecords(t, e.agent2, "u", 0, "u-a")
+	putRecords(t, e.agent2, "u", 0, "u-b")
 	res := e.fetch(t, &v1.FetchPartitionsRequest{MaxBytes: 1, Partitions: []*v1.FetchPartition{
 		{Topic: "u", Partition: 0}, {Topic: "t", Partition: 0},
 	}}).GetPartitions()
