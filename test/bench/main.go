@@ -52,11 +52,37 @@ Commands:
               produce-durable-half  durable, at half of produce-durable-8p's median
               consume-cold-8p       prefill --cold-records durable, read from 0  (+ NATS ordered consumers)
               e2e-wal               wal, at --e2e-rate, publish-to-receive       (+ NATS)
+              produce-keyed-1000p-wal      wal, 1,000 partitions, keys uniform over
+                                           100,000 keys (murmur2), full load    (+ NATS)
+              produce-keyed-1000p-durable  the same, durable                     (+ NATS;
+                                           + streamhouse-cluster with --start --start-cluster)
+              produce-keyed-10000p-durable durable, 10,000 partitions, keyed, full load (+ NATS)
+              produce-keyed-1000p-20k-durable
+                                           durable, 1,000 partitions, keyed, offered
+                                           20,000 records/s: p99 and errors       (+ NATS)
+              produce-many-producers       200 producers, each its own connection and
+                                           SDK Producer at 100 records/s (20,000 in all),
+                                           100 partitions, wal, keyless: p99, server CPU (+ NATS)
+              produce-1k                   wal, 8 partitions, 1 KiB values, full load (+ NATS)
+              consume-1000p                prefill --cold-records durable, keyed over
+                                           1,000 partitions; then ONE consumer connection
+                                           reads them all from 0 with one Reader per
+                                           partition                 (+ NATS: one connection,
+                                           an ordered consumer per subject)
               idle-partitions       RSS of a fresh dev server with --idle-partitions
                                     idle partitions (needs --start)
+            NATS runs every one of these with one subject per partition (keyed
+            records go to subject murmur2(key) mod partitions, as the SDK picks
+            partitions). --smoke shrinks them: 100 partitions for "1000p", 200
+            for "10000p", 5,000 records/s for "20k", 20 producers on 20
+            partitions for many-producers, 20,000 records for the consumes.
             Every workload runs --rounds times, each system in turn per round;
             the table shows medians and the StreamHouse/NATS ratio, then the
-            issue's targets with measured figures.
+            issue's targets with measured figures (p99 <= flush + 150 ms and 0
+            errors for the 20k run; p99 <= 10 ms and server CPU <= 0.5 core
+            for many-producers; with --start --start-cluster, the cluster's
+            keyed 1,000-partition durable throughput >= 50 % of the dev
+            server's in the same rounds).
   tracecost the produce workload against two 'streamhouse dev' servers side by
             side (needs --start): one with tracing off, one exporting OTLP at
             --trace-ratio to --otlp (a real Jaeger, or an endpoint that
@@ -72,10 +98,34 @@ request in flight a partition's next batch would wait a whole cycle before being
 sent. Keyless records stick to a partition for one batch's worth of bytes (the
 SDK's uniform sticky partitioner).
 
-Target (one of):
+Target (--url, or --start and/or --start-cluster):
   --url URL       drive a running deployment (its gateway, e.g. http://127.0.0.1:8080)
   --start         build cmd/streamhouse (from this workspace) and run 'streamhouse dev'
                   as a child process on a temp data dir and a free port; stopped at the end
+  --start-cluster build cmd/streamhouse and start a cluster of separate processes on
+                  loopback with free ports: versitygw as the object store (a real S3
+                  server; bin/versitygw from 'go tool task tools:versitygw', or
+                  $STREAMHOUSE_VERSITYGW), 3 controllers (Raft), 2 agents (S3, bucket
+                  created at start), 1 gateway, found through gossip; so the gateway ->
+                  agent hop and S3 are measured. --agent-arg passes flags to the agents.
+                  Stopped at the end (gateway, agents, controllers, S3). Alone, the
+                  cluster is the system under test ("streamhouse"). With --start too,
+                  it is a second system, "streamhouse-cluster": produce, consume and
+                  e2e run on both; the suite runs it on produce-keyed-1000p-durable
+                  only and adds the ">= 50 % of the dev figure" target.
+
+Measured per workload and system: records/s and MB/s; ack (or publish-to-receive)
+latency percentiles; requests/s (StreamHouse: produce and fetch requests from the
+gateway's /metrics, streamhouse_gateway_requests_total by method; NATS: one publish
+per record, counted in the client; NATS consumers are pushed to and send none);
+errors by code (the Connect code of each failed record callback); object-store
+PUTs and GETs (agents' /metrics); server CPU (utime+stime from /proc/<pid>/stat
+before and after the measured phase: cores, and CPU seconds per GiB of record
+bytes moved) and peak RSS (VmRSS from /proc/<pid>/status sampled every 100 ms)
+of every server process the harness started: the dev server, each cluster
+process (versitygw is listed apart and left out of the totals: it stands in for
+S3), nats-server. With --url the processes are not visible: CPU comes from the
+servers' process_cpu_seconds_total and there is no peak RSS.
 
 NATS side (by default when nats-server is on PATH): the harness starts
 'nats-server -a 127.0.0.1 -p PORT -js -sd TMPDIR' and stops it at the end. nats-server
@@ -95,19 +145,21 @@ func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 type options struct {
 	command string
 
-	url      string
-	start    bool
-	bin      string
-	race     bool
-	pprof    string
-	devArgs  multiFlag
-	natsMode string
-	natsBin  string
-	rounds   int
-	jsonOut  bool
-	out      string
-	quiet    bool
-	cpuprof  string
+	url          string
+	start        bool
+	startCluster bool
+	agentArgs    multiFlag
+	bin          string
+	race         bool
+	pprof        string
+	devArgs      multiFlag
+	natsMode     string
+	natsBin      string
+	rounds       int
+	jsonOut      bool
+	out          string
+	quiet        bool
+	cpuprof      string
 
 	w           workload
 	lingerSet   bool // --linger given: use it for every durability
@@ -135,7 +187,9 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	}
 	fs.StringVar(&o.url, "url", "", "gateway URL of a running StreamHouse deployment")
 	fs.BoolVar(&o.start, "start", false, "build and start 'streamhouse dev' as a child process (temp data dir, free port)")
-	fs.StringVar(&o.bin, "bin", "", "with --start: use this streamhouse binary instead of building one")
+	fs.BoolVar(&o.startCluster, "start-cluster", false, "build and start a cluster on loopback: 3 controllers, 2 agents, 1 gateway and versitygw as S3 (see 'Target' in --help); with --start too, the cluster is a second system (streamhouse-cluster)")
+	fs.Var(&o.agentArgs, "agent-arg", "with --start-cluster: extra flag for each 'streamhouse agent' (repeatable), e.g. --agent-arg=--flush-interval=100ms")
+	fs.StringVar(&o.bin, "bin", "", "with --start or --start-cluster: use this streamhouse binary instead of building one")
 	fs.BoolVar(&o.race, "race", false, "with --start: build with the race detector (for smoke runs; slow)")
 	fs.StringVar(&o.pprof, "pprof", "", "with --start: build with net/http/pprof (added by go build -overlay) served on this address, e.g. 127.0.0.1:6060")
 	fs.Var(&o.devArgs, "dev-arg", "with --start: extra flag for 'streamhouse dev' (repeatable), e.g. --dev-arg=--flush-bytes=33554432")
@@ -252,8 +306,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func (o *options) validate() error {
-	if (o.url == "") == !o.start {
-		return errors.New("give exactly one of --url URL or --start")
+	if (o.url != "") == (o.start || o.startCluster) {
+		return errors.New("give --url URL, or --start and/or --start-cluster")
+	}
+	if o.startCluster && o.command == "tracecost" {
+		return errors.New("tracecost runs two dev servers of its own (--start); --start-cluster does not apply")
 	}
 	switch o.durability {
 	case "wal":
@@ -346,14 +403,19 @@ func writeJSONFile(path string, rep *Report) error {
 
 // env is the systems under test for one run.
 type env struct {
-	o       *options
-	tmp     string
-	bin     string
-	dev     *devServer
-	sh      *shSystem
-	natsSrv *natsServer
-	nats    *natsSystem
-	systems []System
+	o   *options
+	tmp string
+	bin string
+	dev *devServer
+	sh  *shSystem
+	cl  *cluster
+	// clusterSys is the cluster as a second StreamHouse system when both
+	// --start and --start-cluster are given (with --start-cluster alone
+	// the cluster is sh).
+	clusterSys *shSystem
+	natsSrv    *natsServer
+	nats       *natsSystem
+	systems    []System
 }
 
 func (e *env) close() {
@@ -366,9 +428,13 @@ func (e *env) close() {
 	if e.sh != nil {
 		e.sh.close()
 	}
+	if e.clusterSys != nil {
+		e.clusterSys.close()
+	}
 	if e.dev != nil {
 		e.dev.stop()
 	}
+	e.cl.stop()
 	if e.tmp != "" {
 		_ = os.RemoveAll(e.tmp)
 	}
@@ -385,7 +451,7 @@ func setup(ctx context.Context, o *options, stderr io.Writer) (*env, error) {
 	e.tmp = tmp
 	target := o.url
 	pid := 0
-	if o.start {
+	if o.start || o.startCluster {
 		e.bin = o.bin
 		if e.bin == "" {
 			if !o.quiet {
@@ -396,6 +462,8 @@ func setup(ctx context.Context, o *options, stderr io.Writer) (*env, error) {
 				return nil, err
 			}
 		}
+	}
+	if o.start {
 		if e.dev, err = startDev(ctx, e.bin, tmp+"/sh", o.pprof, o.devArgs); err != nil {
 			e.close()
 			return nil, err
@@ -405,15 +473,43 @@ func setup(ctx context.Context, o *options, stderr io.Writer) (*env, error) {
 			fmt.Fprintf(stderr, "streamhouse dev (pid %d) at %s, data in %s\n", pid, target, tmp)
 		}
 	}
-	if e.sh, err = newSH(target, pid); err != nil {
-		e.close()
-		return nil, err
+	if o.start || o.url != "" {
+		if e.sh, err = newSH(target, pid); err != nil {
+			e.close()
+			return nil, err
+		}
+		how := "--url " + target
+		if o.start {
+			how = "started: streamhouse dev " + strings.Join(o.devArgs, " ")
+		}
+		e.systems = append(e.systems, System{Name: "streamhouse", Target: strings.TrimSpace(how), Fsync: shFsync})
 	}
-	how := "--url " + target
-	if o.start {
-		how = "started: streamhouse dev " + strings.Join(o.devArgs, " ")
+	if o.startCluster {
+		if !o.quiet {
+			fmt.Fprintln(stderr, "starting a cluster: versitygw, 3 controllers, 2 agents, 1 gateway ...")
+		}
+		if e.cl, err = startCluster(ctx, e.bin, tmp+"/cluster", o.agentArgs); err != nil {
+			e.close()
+			return nil, err
+		}
+		if !o.quiet {
+			fmt.Fprintf(stderr, "cluster gateway at %s, S3 at %s\n", e.cl.gateway.URL, e.cl.s3Endpoint)
+		}
+		cs, err := newSHCluster(e.cl)
+		if err != nil {
+			e.close()
+			return nil, err
+		}
+		sys := System{Name: "streamhouse", Target: strings.TrimSpace(e.cl.describe() + " " + strings.Join(o.agentArgs, " ")), Fsync: shFsync}
+		if e.sh == nil {
+			e.sh = cs // --start-cluster alone: the cluster is the system under test
+		} else {
+			cs.label = clusterName
+			sys.Name = clusterName
+			e.clusterSys = cs
+		}
+		e.systems = append(e.systems, sys)
 	}
-	e.systems = append(e.systems, System{Name: "streamhouse", Target: strings.TrimSpace(how), Fsync: shFsync})
 
 	ns := System{Name: "nats", Target: "started: nats-server -js (file storage)", Fsync: natsFsync}
 	bin, lookErr := exec.LookPath(o.natsBin)
@@ -440,9 +536,18 @@ func setup(ctx context.Context, o *options, stderr io.Writer) (*env, error) {
 	return e, nil
 }
 
-// each returns the systems to measure, StreamHouse first.
+// clusterName names the --start-cluster system when --start runs too.
+const clusterName = "streamhouse-cluster"
+
+// each returns the systems to measure, StreamHouse first. The second
+// StreamHouse system (--start with --start-cluster) is in it for the
+// single-workload commands; the suite runs it on one workload only (see
+// runSuite), to keep the suite's length.
 func (e *env) each(withNATS bool) []system {
 	out := []system{e.sh}
+	if e.clusterSys != nil && e.o.command != "suite" {
+		out = append(out, e.clusterSys)
+	}
 	if withNATS && e.nats != nil {
 		out = append(out, e.nats)
 	}
@@ -506,8 +611,12 @@ func execute(ctx context.Context, o *options, stderr io.Writer) (*Report, error)
 // appends one Result per system. rateOf, when set, gives a system's offered
 // load (for "half of max load").
 func runRounds(ctx context.Context, e *env, r *runner, rep *Report, name, kind string, w workload, withNATS bool, rateOf func(sys string) float64) error {
+	return runRoundsOn(ctx, e, r, rep, name, kind, w, e.each(withNATS), rateOf)
+}
+
+// runRoundsOn is runRounds on the given systems.
+func runRoundsOn(ctx context.Context, e *env, r *runner, rep *Report, name, kind string, w workload, systems []system, rateOf func(sys string) float64) error {
 	w = e.o.producerSettings(w)
-	systems := e.each(withNATS)
 	results := make([]*Result, len(systems))
 	for i, s := range systems {
 		sw := w

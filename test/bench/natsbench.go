@@ -55,6 +55,13 @@ func (s *natsSystem) createTopic(_ context.Context, topic string, w workload) er
 
 func (s *natsSystem) deleteTopic(_ context.Context, topic string) { _ = s.js.DeleteStream(topic) }
 
+func (s *natsSystem) procs() []procRef {
+	if s.pid == 0 {
+		return nil
+	}
+	return []procRef{{Name: "nats-server", PID: s.pid}}
+}
+
 func (s *natsSystem) stats(context.Context) serverStats {
 	if s.pid == 0 {
 		return serverStats{}

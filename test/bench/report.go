@@ -4,8 +4,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -28,6 +30,66 @@ type Round struct {
 	RSSBytes float64 `json:"rss_bytes,omitempty"`
 	// TargetRate is the offered load in records/s (0: as fast as it goes).
 	TargetRate float64 `json:"target_rate,omitempty"`
+
+	// ErrorsByCode splits Errors by errCode (the Connect code of each
+	// failed record's callback, for StreamHouse).
+	ErrorsByCode map[string]int64 `json:"errors_by_code,omitempty"`
+	// Requests is the produce and fetch requests the workload caused, per
+	// second over Seconds; RequestsByMethod is every request by method;
+	// RequestsFrom says where the count comes from.
+	Requests         float64            `json:"requests,omitempty"`
+	RequestsPerSec   float64            `json:"requests_per_sec,omitempty"`
+	RequestsByMethod map[string]float64 `json:"requests_by_method,omitempty"`
+	RequestsFrom     string             `json:"requests_from,omitempty"`
+	// CPUSeconds is the server processes' CPU time during the measured
+	// phase (not counting External ones), CPUCores the same over the
+	// phase's wall time, CPUSecondsPerGiB the same per GiB of record bytes
+	// (keys and values) the phase moved.
+	CPUSeconds       float64 `json:"cpu_seconds,omitempty"`
+	CPUCores         float64 `json:"cpu_cores,omitempty"`
+	CPUSecondsPerGiB float64 `json:"cpu_seconds_per_gib,omitempty"`
+	// PeakRSSBytes is the sum of the server processes' sampled peak RSS
+	// (exact for one process; for a cluster, an upper bound of the peak of
+	// the sum, as the processes may peak at different moments).
+	PeakRSSBytes float64 `json:"peak_rss_bytes,omitempty"`
+	// Processes are the per-process figures behind CPUSeconds and
+	// PeakRSSBytes.
+	Processes []ProcStats `json:"processes,omitempty"`
+}
+
+// setUsage fills the CPU and RSS figures from the processes measured over
+// a phase that moved bytes record bytes. cpuFallback (from the servers'
+// /metrics) is used when no process could be measured (--url).
+func (rd *Round) setUsage(procs []ProcStats, seconds float64, bytes int64, cpuFallback float64) {
+	rd.Processes = procs
+	cpu := 0.0
+	for _, p := range procs {
+		if !p.External {
+			cpu += p.CPUSeconds
+			rd.PeakRSSBytes += p.PeakRSSBytes
+		}
+	}
+	if len(procs) == 0 {
+		cpu = max(cpuFallback, 0)
+	}
+	rd.CPUSeconds = cpu
+	if seconds > 0 {
+		rd.CPUCores = cpu / seconds
+	}
+	if bytes > 0 {
+		rd.CPUSecondsPerGiB = cpu / (float64(bytes) / (1 << 30))
+	}
+}
+
+// setRequests fills the request figures from a /metrics delta over a
+// phase of seconds.
+func (rd *Round) setRequests(byMethod map[string]float64, seconds float64) {
+	rd.RequestsByMethod = byMethod
+	rd.Requests = dataRequests(byMethod)
+	rd.RequestsFrom = "gateway /metrics: streamhouse_gateway_requests_total, methods Produce* and Fetch*"
+	if seconds > 0 {
+		rd.RequestsPerSec = rd.Requests / seconds
+	}
 }
 
 // S3Stats are object-store requests during a run.
@@ -112,6 +174,42 @@ func (r *Result) summarize() {
 			Mean:  l(func(x *Latency) float64 { return x.Mean }),
 		}
 	}
+	m.CPUSeconds = pick(func(x Round) float64 { return x.CPUSeconds })
+	m.CPUCores = pick(func(x Round) float64 { return x.CPUCores })
+	m.CPUSecondsPerGiB = pick(func(x Round) float64 { return x.CPUSecondsPerGiB })
+	m.PeakRSSBytes = pick(func(x Round) float64 { return x.PeakRSSBytes })
+	m.Requests = pick(func(x Round) float64 { return x.Requests })
+	m.RequestsPerSec = pick(func(x Round) float64 { return x.RequestsPerSec })
+	m.RequestsFrom = r.Rounds[0].RequestsFrom
+	m.RequestsByMethod = medianMap(r.Rounds, func(x Round) map[string]float64 { return x.RequestsByMethod })
+	if ec := medianMap(r.Rounds, func(x Round) map[string]float64 {
+		f := map[string]float64{}
+		for k, v := range x.ErrorsByCode {
+			f[k] = float64(v)
+		}
+		return f
+	}); ec != nil {
+		m.ErrorsByCode = map[string]int64{}
+		for k, v := range ec {
+			if v > 0 {
+				m.ErrorsByCode[k] = int64(v)
+			}
+		}
+	}
+	// The same processes run every round: the median of each one's figures.
+	for i, p := range r.Rounds[0].Processes {
+		ps := p
+		at := func(x Round) (ProcStats, bool) {
+			if i < len(x.Processes) && x.Processes[i].Name == p.Name {
+				return x.Processes[i], true
+			}
+			return ProcStats{}, false
+		}
+		ps.CPUSeconds = pick(func(x Round) float64 { q, _ := at(x); return q.CPUSeconds })
+		ps.CPUCores = pick(func(x Round) float64 { q, _ := at(x); return q.CPUCores })
+		ps.PeakRSSBytes = pick(func(x Round) float64 { q, _ := at(x); return q.PeakRSSBytes })
+		m.Processes = append(m.Processes, ps)
+	}
 	if r.Rounds[0].S3 != nil {
 		s := func(f func(*S3Stats) float64) float64 {
 			return pick(func(x Round) float64 {
@@ -130,6 +228,30 @@ func (r *Result) summarize() {
 		}
 	}
 	r.Median = m
+}
+
+// medianMap is the median, key by key, of a map-valued figure over rounds
+// (a key missing from a round counts as 0 there); nil when every round's
+// map is empty.
+func medianMap(rounds []Round, f func(Round) map[string]float64) map[string]float64 {
+	keys := map[string]bool{}
+	for _, x := range rounds {
+		for k := range f(x) {
+			keys[k] = true
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for k := range keys {
+		xs := make([]float64, 0, len(rounds))
+		for _, x := range rounds {
+			xs = append(xs, f(x)[k])
+		}
+		out[k] = median(xs)
+	}
+	return out
 }
 
 // Comparison is StreamHouse's median over NATS's median for one workload.
@@ -289,16 +411,20 @@ func (r *Report) writeTable(w io.Writer) {
 	}
 	fmt.Fprintln(w)
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
-	fmt.Fprintln(tw, "| workload\t system\t records/s\t MB/s\t p50 ms\t p90 ms\t p99 ms\t p99.9 ms\t max ms\t PUTs\t PUT/GiB\t PUT/flush\t GETs\t GET/GiB\t RSS MiB\t errors\t")
-	fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t")
+	fmt.Fprintln(tw, "| workload\t system\t records/s\t MB/s\t p50 ms\t p90 ms\t p99 ms\t p99.9 ms\t max ms\t req/s\t PUTs\t PUT/GiB\t PUT/flush\t GETs\t GET/GiB\t CPU cores\t CPU s/GiB\t peak RSS MiB\t RSS MiB\t errors\t")
+	fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t ---\t")
+	var multi []*Result // results of systems with more than one process
 	for _, x := range r.Results {
 		if x.Skipped != "" || x.Median == nil {
 			why := x.Skipped
 			if why == "" {
 				why = "no round completed (interrupted)"
 			}
-			fmt.Fprintf(tw, "| %s\t %s\t skipped: %s\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n", x.Name, x.System, why)
+			fmt.Fprintf(tw, "| %s\t %s\t skipped: %s%s\t\n", x.Name, x.System, why, strings.Repeat("\t", 17))
 			continue
+		}
+		if len(x.Median.Processes) > 1 {
+			multi = append(multi, x)
 		}
 		m := x.Median
 		cols := []string{x.Name, x.System, commas(m.RecordsPerSec), f1(m.MBPerSec)}
@@ -307,19 +433,33 @@ func (r *Report) writeTable(w io.Writer) {
 		} else {
 			cols = append(cols, "", "", "", "", "")
 		}
+		cols = append(cols, blankZero(m.RequestsPerSec, commas))
 		if s := m.S3; s != nil {
 			cols = append(cols, commas(s.Puts), f1(s.PutsPerGiB), fmt.Sprintf("%.2f", s.PutsPerFlush), commas(s.Gets), f1(s.GetsPerGiB))
 		} else {
 			cols = append(cols, "", "", "", "", "")
 		}
-		rss := ""
-		if m.RSSBytes > 0 {
-			rss = fmt.Sprintf("%.0f", m.RSSBytes/(1<<20))
-		}
-		cols = append(cols, rss, fmt.Sprint(m.Errors))
+		cols = append(cols, blankZero(m.CPUCores, func(x float64) string { return fmt.Sprintf("%.2f", x) }),
+			blankZero(m.CPUSecondsPerGiB, f1), blankZero(m.PeakRSSBytes, mib), blankZero(m.RSSBytes, mib), errorsCell(m))
 		fmt.Fprintf(tw, "| %s\t\n", strings.Join(cols, "\t "))
 	}
 	_ = tw.Flush()
+	if len(multi) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
+		fmt.Fprintln(tw, "| workload\t system\t process\t CPU s\t CPU cores\t peak RSS MiB\t")
+		fmt.Fprintln(tw, "| ---\t ---\t ---\t ---\t ---\t ---\t")
+		for _, x := range multi {
+			for _, p := range x.Median.Processes {
+				name := p.Name
+				if p.External {
+					name += " (external, not in totals)"
+				}
+				fmt.Fprintf(tw, "| %s\t %s\t %s\t %.2f\t %.2f\t %s\t\n", x.Name, x.System, name, p.CPUSeconds, p.CPUCores, mib(p.PeakRSSBytes))
+			}
+		}
+		_ = tw.Flush()
+	}
 	if len(r.Comparisons) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 0, 1, ' ', tabwriter.Debug)
@@ -347,6 +487,30 @@ func (r *Report) writeTable(w io.Writer) {
 	if len(r.GoBenchmarks) > 0 {
 		fmt.Fprintf(w, "\n%d Go micro-benchmarks in the JSON (go_benchmarks)\n", len(r.GoBenchmarks))
 	}
+}
+
+func mib(b float64) string { return fmt.Sprintf("%.0f", b/(1<<20)) }
+
+// blankZero formats x, or leaves the cell empty when the figure is unknown.
+func blankZero(x float64, f func(float64) string) string {
+	if x == 0 {
+		return ""
+	}
+	return f(x)
+}
+
+// errorsCell is the error count with its split by code, e.g.
+// "3 (unavailable 2, resource_exhausted 1)".
+func errorsCell(m *Round) string {
+	if m.Errors == 0 || len(m.ErrorsByCode) == 0 {
+		return fmt.Sprint(m.Errors)
+	}
+	codes := slices.Sorted(maps.Keys(m.ErrorsByCode))
+	parts := make([]string, len(codes))
+	for i, c := range codes {
+		parts[i] = fmt.Sprintf("%s %d", c, m.ErrorsByCode[c])
+	}
+	return fmt.Sprintf("%d (%s)", m.Errors, strings.Join(parts, ", "))
 }
 
 func fmtMetric(metric string, v float64) string {

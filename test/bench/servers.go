@@ -133,10 +133,60 @@ func startChild(name string, cmd *exec.Cmd, c *child) (stdout io.ReadCloser, err
 	return stdout, nil
 }
 
+// serverProc is a `streamhouse <sub>` child process (dev, controller,
+// agent or gateway) serving its API and /metrics at URL.
+type serverProc struct {
+	child
+	URL string
+}
+
+// startServer runs `bin sub --listen 127.0.0.1:0 --log-level warn args...`
+// with env added to (overriding) this process's environment, and waits
+// until it prints its address and answers /healthz.
+func startServer(ctx context.Context, bin, sub string, args, env []string) (*serverProc, error) {
+	p := &serverProc{}
+	args = append([]string{sub, "--listen", "127.0.0.1:0", "--log-level", "warn"}, args...)
+	cmd := exec.Command(bin, args...)
+	cmd.Env = append(os.Environ(), env...)
+	stdout, err := startChild("streamhouse "+sub, cmd, &p.child)
+	if err != nil {
+		return nil, err
+	}
+	addr := make(chan string, 1)
+	prefix := "streamhouse " + sub + " listening on http://"
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			if a, ok := strings.CutPrefix(sc.Text(), prefix); ok {
+				addr <- a
+			}
+		}
+		_, _ = io.Copy(io.Discard, stdout)
+		_ = cmd.Wait()
+		close(p.done)
+	}()
+	select {
+	case a := <-addr:
+		p.URL = "http://" + a
+	case <-p.done:
+		return nil, fmt.Errorf("streamhouse %s exited before serving: %s\n%s", sub, cmd.ProcessState, p.tail())
+	case <-time.After(60 * time.Second):
+		p.stop()
+		return nil, fmt.Errorf("streamhouse %s did not serve within 60s", sub)
+	case <-ctx.Done():
+		p.stop()
+		return nil, ctx.Err()
+	}
+	if err := waitHTTP(ctx, p.URL+"/healthz", 30*time.Second); err != nil {
+		p.stop()
+		return nil, err
+	}
+	return p, nil
+}
+
 // devServer is a `streamhouse dev` child process.
 type devServer struct {
-	child
-	URL       string
+	*serverProc
 	PprofAddr string
 }
 
@@ -149,46 +199,14 @@ func startDev(ctx context.Context, bin, dataDir string, pprofAddr string, extra 
 // startDevEnv is startDev with env added to (overriding) this process's
 // environment.
 func startDevEnv(ctx context.Context, bin, dataDir string, pprofAddr string, extra, env []string) (*devServer, error) {
-	d := &devServer{PprofAddr: pprofAddr}
-	args := append([]string{"dev", "--data-dir", dataDir, "--listen", "127.0.0.1:0", "--log-level", "warn"}, extra...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
 	if pprofAddr != "" {
-		cmd.Env = append(cmd.Env, "SHBENCH_PPROF_ADDR="+pprofAddr)
+		env = append(env, "SHBENCH_PPROF_ADDR="+pprofAddr)
 	}
-	stdout, err := startChild("streamhouse dev", cmd, &d.child)
+	p, err := startServer(ctx, bin, "dev", append([]string{"--data-dir", dataDir}, extra...), env)
 	if err != nil {
 		return nil, err
 	}
-	addr := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if a, ok := strings.CutPrefix(sc.Text(), "streamhouse dev listening on http://"); ok {
-				addr <- a
-			}
-		}
-		_, _ = io.Copy(io.Discard, stdout)
-		_ = cmd.Wait()
-		close(d.done)
-	}()
-	select {
-	case a := <-addr:
-		d.URL = "http://" + a
-	case <-d.done:
-		return nil, fmt.Errorf("streamhouse dev exited before serving: %s\n%s", cmd.ProcessState, d.tail())
-	case <-time.After(60 * time.Second):
-		d.stop()
-		return nil, errors.New("streamhouse dev did not serve within 60s")
-	case <-ctx.Done():
-		d.stop()
-		return nil, ctx.Err()
-	}
-	if err := waitHTTP(ctx, d.URL+"/healthz", 30*time.Second); err != nil {
-		d.stop()
-		return nil, err
-	}
-	return d, nil
+	return &devServer{serverProc: p, PprofAddr: pprofAddr}, nil
 }
 
 func waitHTTP(ctx context.Context, url string, timeout time.Duration) error {

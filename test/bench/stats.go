@@ -3,8 +3,10 @@ package main
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"net/http"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"connectrpc.com/connect"
 	"github.com/HdrHistogram/hdrhistogram-go"
 )
 
@@ -98,11 +101,74 @@ type counters struct {
 	bytes   atomic.Int64 // value+key bytes of those records
 	errors  atomic.Int64
 	lastErr atomic.Value // string
+
+	// byCode counts failures by errCode. A mutex is enough: failures are
+	// rare next to acknowledgements, which never take it.
+	mu     sync.Mutex
+	byCode map[string]int64
 }
 
 func (c *counters) fail(err error) {
 	c.errors.Add(1)
 	c.lastErr.Store(err.Error())
+	code := errCode(err)
+	c.mu.Lock()
+	if c.byCode == nil {
+		c.byCode = map[string]int64{}
+	}
+	c.byCode[code]++
+	c.mu.Unlock()
+}
+
+// addFailures adds o's failures (count, codes, last message) to c.
+func (c *counters) addFailures(o *counters) {
+	n := o.errors.Load()
+	if n == 0 {
+		return
+	}
+	c.errors.Add(n)
+	c.lastErr.Store(o.lastError())
+	byCode := o.errorsByCode()
+	c.mu.Lock()
+	if c.byCode == nil {
+		c.byCode = map[string]int64{}
+	}
+	for code, k := range byCode {
+		c.byCode[code] += k
+	}
+	c.mu.Unlock()
+}
+
+// errorsByCode returns a copy of the failure counts by code (nil if none).
+func (c *counters) errorsByCode() map[string]int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.byCode) == 0 {
+		return nil
+	}
+	return maps.Clone(c.byCode)
+}
+
+// errCode names the kind of a failure: the Connect code of a StreamHouse
+// error (what a client would branch on: unavailable and resource_exhausted
+// are retried, invalid_argument is a bug), canceled or deadline_exceeded
+// for a context, and otherwise "other: " and the start of the message (NATS
+// and harness errors have no codes).
+func errCode(err error) string {
+	var ce *connect.Error
+	switch {
+	case errors.As(err, &ce):
+		return ce.Code().String()
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline_exceeded"
+	}
+	msg := err.Error()
+	if len(msg) > 48 {
+		msg = msg[:48] + "..."
+	}
+	return "other: " + msg
 }
 
 func (c *counters) lastError() string {
@@ -159,19 +225,66 @@ func commas(n float64) string {
 	return b.String()
 }
 
-// serverStats is a snapshot of a server's counters.
+// serverStats is a snapshot of a server's counters (summed over every
+// process scraped).
 type serverStats struct {
 	Puts, Gets, PutBytes, GetBytes float64
 	Flushes                        float64
 	AppendBytes                    float64
 	RSS                            float64
+	// CPU is process_cpu_seconds_total: the only CPU figure of a --url
+	// deployment, whose processes this harness cannot see in /proc.
+	CPU float64
+	// Requests is streamhouse_gateway_requests_total by method (all result
+	// codes): the gateway counts every unary Connect request it serves.
+	Requests map[string]float64
 }
 
 func (a serverStats) sub(b serverStats) serverStats {
-	return serverStats{
+	d := serverStats{
 		Puts: a.Puts - b.Puts, Gets: a.Gets - b.Gets, PutBytes: a.PutBytes - b.PutBytes, GetBytes: a.GetBytes - b.GetBytes,
-		Flushes: a.Flushes - b.Flushes, AppendBytes: a.AppendBytes - b.AppendBytes, RSS: a.RSS,
+		Flushes: a.Flushes - b.Flushes, AppendBytes: a.AppendBytes - b.AppendBytes, RSS: a.RSS, CPU: a.CPU - b.CPU,
 	}
+	for m, n := range a.Requests {
+		if x := n - b.Requests[m]; x > 0 {
+			if d.Requests == nil {
+				d.Requests = map[string]float64{}
+			}
+			d.Requests[m] = x
+		}
+	}
+	return d
+}
+
+// add sums two processes' snapshots (a cluster's gateway, agents and
+// controllers each serve their own /metrics).
+func (a serverStats) add(b serverStats) serverStats {
+	s := serverStats{
+		Puts: a.Puts + b.Puts, Gets: a.Gets + b.Gets, PutBytes: a.PutBytes + b.PutBytes, GetBytes: a.GetBytes + b.GetBytes,
+		Flushes: a.Flushes + b.Flushes, AppendBytes: a.AppendBytes + b.AppendBytes, RSS: a.RSS + b.RSS, CPU: a.CPU + b.CPU,
+	}
+	for _, r := range []map[string]float64{a.Requests, b.Requests} {
+		for m, n := range r {
+			if s.Requests == nil {
+				s.Requests = map[string]float64{}
+			}
+			s.Requests[m] += n
+		}
+	}
+	return s
+}
+
+// dataRequests is the number of produce and fetch requests in a delta
+// (methods Produce*, Fetch*): the requests a workload itself sends, not
+// the admin calls around it.
+func dataRequests(byMethod map[string]float64) float64 {
+	n := 0.0
+	for m, x := range byMethod {
+		if strings.HasPrefix(m, "Produce") || strings.HasPrefix(m, "Fetch") {
+			n += x
+		}
+	}
+	return n
 }
 
 // scrapeMetrics reads a StreamHouse gateway's /metrics (Prometheus text).
@@ -223,9 +336,29 @@ func scrapeMetrics(ctx context.Context, baseURL string) (serverStats, error) {
 			s.AppendBytes = v
 		case name == "process_resident_memory_bytes":
 			s.RSS = v
+		case name == "process_cpu_seconds_total":
+			s.CPU = v
+		case strings.HasPrefix(name, "streamhouse_gateway_requests_total{"):
+			if m := label(name, "method"); m != "" {
+				if s.Requests == nil {
+					s.Requests = map[string]float64{}
+				}
+				s.Requests[m] += v
+			}
 		}
 	}
 	return s, sc.Err()
+}
+
+// label returns the value of label key in a Prometheus series name such
+// as name{method="Produce",code="ok"} (values here never hold quotes).
+func label(series, key string) string {
+	_, rest, ok := strings.Cut(series, key+`="`)
+	if !ok {
+		return ""
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	return v
 }
 
 // rssOf reads a process's resident set size from /proc (NATS has no

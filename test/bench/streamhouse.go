@@ -22,15 +22,39 @@ type shSystem struct {
 	// label, when set, names the system in reports instead of
 	// "streamhouse" (tracecost runs two of them).
 	label string
+	// metricsURLs are the processes whose /metrics stats sums: the dev
+	// server, or a cluster's gateway (requests), agents (object store)
+	// and controllers.
+	metricsURLs []string
+	// processes are the server processes the harness started (none for
+	// --url), measured from /proc.
+	processes []procRef
 }
 
+// newSH drives the deployment whose gateway is at url; pid is the dev
+// server's when the harness started it (0 for --url).
 func newSH(url string, pid int) (*shSystem, error) {
 	c, err := client.New(url)
 	if err != nil {
 		return nil, err
 	}
-	return &shSystem{url: url, admin: c, pid: pid}, nil
+	s := &shSystem{url: url, admin: c, pid: pid, metricsURLs: []string{url}}
+	if pid > 0 {
+		s.processes = []procRef{{Name: "streamhouse dev", PID: pid}}
+	}
+	return s, nil
 }
+
+// newSHCluster drives a cluster the harness started, through its gateway.
+func newSHCluster(cl *cluster) (*shSystem, error) {
+	c, err := client.New(cl.gateway.URL)
+	if err != nil {
+		return nil, err
+	}
+	return &shSystem{url: cl.gateway.URL, admin: c, metricsURLs: cl.metricsURLs(), processes: cl.procs()}, nil
+}
+
+func (s *shSystem) procs() []procRef { return s.processes }
 
 func (s *shSystem) name() string {
 	if s.label != "" {
@@ -85,9 +109,13 @@ func (s *shSystem) deleteTopic(ctx context.Context, topic string) {
 }
 
 func (s *shSystem) stats(ctx context.Context) serverStats {
-	st, err := scrapeMetrics(ctx, s.url)
-	if err != nil && s.pid > 0 {
-		st.RSS = rssOf(s.pid)
+	var st serverStats
+	for _, u := range s.metricsURLs {
+		one, err := scrapeMetrics(ctx, u)
+		if err != nil && s.pid > 0 && len(s.metricsURLs) == 1 {
+			one.RSS = rssOf(s.pid)
+		}
+		st = st.add(one)
 	}
 	return st
 }

@@ -19,6 +19,13 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 	cold := o.coldRecords
 	e2eRate := o.e2eRate
 	idle := o.idlePartitions
+	// The shapes of the "real" workloads (issue 13); smoke mode shrinks
+	// them so the whole suite stays well under a minute on two cores.
+	sz := suiteSizes{
+		p1000: 1000, p10000: 10_000, keySpace: 100_000, rate20k: 20_000,
+		manyProducers: 200, manyPartitions: 100, perProducerRate: 100,
+		duration: base.Duration,
+	}
 	if o.smoke {
 		o.rounds = 1
 		rep.RoundsWanted = 1
@@ -26,6 +33,11 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 		cold = min(cold, 20_000)
 		e2eRate = min(e2eRate, 5_000)
 		idle = min(idle, 100)
+		sz = suiteSizes{
+			p1000: 100, p10000: 200, keySpace: 100_000, rate20k: 5_000,
+			manyProducers: 20, manyPartitions: 20, perProducerRate: 100,
+			duration: 500 * time.Millisecond,
+		}
 	}
 	var errs []error
 	step := func(err error) {
@@ -56,6 +68,7 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 	ew := wal
 	ew.Rate = e2eRate
 	step(runRounds(ctx, e, r, rep, "e2e-wal", "e2e", ew, true, nil))
+	step(runRealShapes(ctx, e, r, rep, base, cold, sz))
 	if ctx.Err() != nil {
 		return errors.Join(append(errs, ctx.Err())...)
 	}
@@ -67,6 +80,69 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 	}
 	rep.compare()
 	rep.Targets = targets(rep, o)
+	return errors.Join(errs...)
+}
+
+// suiteSizes are the sizes of the workloads runRealShapes runs.
+type suiteSizes struct {
+	p1000, p10000   int     // partitions of the "1000p" and "10000p" workloads
+	keySpace        int     // distinct keys of the keyed workloads
+	rate20k         float64 // offered load of produce-keyed-1000p-20k-durable
+	manyProducers   int     // producers of produce-many-producers
+	manyPartitions  int     // its partitions
+	perProducerRate float64 // and each producer's records/s
+	duration        time.Duration
+}
+
+// runRealShapes runs the workloads of issue 13 ("the harness measures real
+// shapes"): many partitions with keyed records, a fixed offered load, many
+// small producers, large values, and one consumer over many partitions;
+// each on StreamHouse and NATS (one subject per partition) in turn. With
+// --start and --start-cluster, produce-keyed-1000p-durable runs on the
+// cluster too, in the same rounds.
+func runRealShapes(ctx context.Context, e *env, r *runner, rep *Report, base workload, cold int64, sz suiteSizes) error {
+	var errs []error
+	step := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	keyed := base
+	keyed.Duration = sz.duration
+	keyed.KeyDist, keyed.KeySpace = "random", sz.keySpace
+	keyed.Partitions = sz.p1000
+	kWal, kDurable := keyed, keyed
+	kDurable.Durable = true
+	step(runRounds(ctx, e, r, rep, "produce-keyed-1000p-wal", "produce", kWal, true, nil))
+	onCluster := e.each(true)
+	if e.clusterSys != nil {
+		onCluster = append([]system{e.sh, e.clusterSys}, onCluster[1:]...)
+	}
+	step(runRoundsOn(ctx, e, r, rep, "produce-keyed-1000p-durable", "produce", kDurable, onCluster, nil))
+	k10k := kDurable
+	k10k.Partitions = sz.p10000
+	step(runRounds(ctx, e, r, rep, "produce-keyed-10000p-durable", "produce", k10k, true, nil))
+	k20k := kDurable
+	k20k.Rate = sz.rate20k
+	step(runRounds(ctx, e, r, rep, "produce-keyed-1000p-20k-durable", "produce", k20k, true, nil))
+
+	many := keyed
+	many.KeyDist = "none"
+	many.Durable = false
+	many.Producers, many.Partitions = sz.manyProducers, sz.manyPartitions
+	many.Rate = sz.perProducerRate * float64(sz.manyProducers)
+	step(runRounds(ctx, e, r, rep, "produce-many-producers", "produce", many, true, nil))
+
+	big := many
+	big.Producers, big.Rate = base.Producers, 0
+	big.Partitions, big.RecordSize = 8, 1024
+	step(runRounds(ctx, e, r, rep, "produce-1k", "produce", big, true, nil))
+
+	// Keyed prefill, so every partition holds data (keyless records stick
+	// to one partition per 1 MiB batch and would fill only a few).
+	c1k := kDurable
+	c1k.Consumers, c1k.Count = 1, cold
+	step(runRounds(ctx, e, r, rep, "consume-1000p", "consume-cold", c1k, true, nil))
 	return errors.Join(errs...)
 }
 
@@ -156,15 +232,8 @@ func targets(rep *Report, o *options) []Target {
 		out = append(out, Target{Figure: "produce p99 at half of max load, wal", Target: "<= 5 ms",
 			Measured: fmt.Sprintf("%s ms at %s records/s", ms(m.Latency.P99), commas(m.TargetRate)), Value: m.Latency.P99, Met: m.Latency.P99 <= 5})
 	}
+	flush := flushIntervalMS(o)
 	if m := get("produce-durable-half", "streamhouse"); m != nil && m.Latency != nil {
-		flush := 250.0 // streamhouse dev's default --flush-interval, ms
-		for _, a := range o.devArgs {
-			if v, ok := strings.CutPrefix(a, "--flush-interval="); ok {
-				if d, err := time.ParseDuration(v); err == nil {
-					flush = float64(d.Milliseconds())
-				}
-			}
-		}
 		out = append(out, Target{Figure: "produce p99 at half of max load, durable", Target: fmt.Sprintf("<= flush interval + 150 ms = %.0f ms", flush+150),
 			Measured: fmt.Sprintf("%s ms at %s records/s", ms(m.Latency.P99), commas(m.TargetRate)), Value: m.Latency.P99, Met: m.Latency.P99 <= flush+150})
 	}
@@ -172,10 +241,65 @@ func targets(rep *Report, o *options) []Target {
 		out = append(out, Target{Figure: "end-to-end latency, wal topic", Target: "p99 <= 20 ms",
 			Measured: fmt.Sprintf("%s ms at %s records/s", ms(m.Latency.P99), commas(m.TargetRate)), Value: m.Latency.P99, Met: m.Latency.P99 <= 20})
 	}
+	out = append(out, realShapeTargets(rep, get, flush)...)
 	if m := get("idle-partitions", "streamhouse"); m != nil {
 		n, _ := rep.result("idle-partitions", "streamhouse").Params["partitions"].(int)
 		out = append(out, Target{Figure: fmt.Sprintf("agent RSS with %s idle partitions", commas(float64(n))), Target: "<= 256 MiB (10,000 partitions)",
 			Measured: fmt.Sprintf("%.0f MiB (whole dev process)", m.RSSBytes/(1<<20)), Value: m.RSSBytes, Met: n >= 10000 && m.RSSBytes <= 256<<20})
+	}
+	return out
+}
+
+// flushIntervalMS is the dev server's flush interval in milliseconds:
+// --dev-arg=--flush-interval=D if given, else streamhouse's default.
+func flushIntervalMS(o *options) float64 {
+	flush := 250.0 // streamhouse dev's default --flush-interval, ms
+	for _, a := range o.devArgs {
+		if v, ok := strings.CutPrefix(a, "--flush-interval="); ok {
+			if d, err := time.ParseDuration(v); err == nil {
+				flush = float64(d.Milliseconds())
+			}
+		}
+	}
+	return flush
+}
+
+// realShapeTargets are issue 13's targets for the workloads of
+// runRealShapes.
+func realShapeTargets(rep *Report, get func(name, sys string) *Round, flush float64) []Target {
+	var out []Target
+	if m := get("produce-keyed-1000p-20k-durable", "streamhouse"); m != nil && m.Latency != nil {
+		// 0 errors in every round, not just in the median one.
+		var errs int64
+		for _, rd := range rep.result("produce-keyed-1000p-20k-durable", "streamhouse").Rounds {
+			errs += rd.Errors
+		}
+		out = append(out, Target{Figure: "produce p99, keyed, 1,000 partitions, durable, offered 20,000 records/s",
+			Target:   fmt.Sprintf("p99 <= flush interval + 150 ms = %.0f ms, 0 errors", flush+150),
+			Measured: fmt.Sprintf("%s ms at %s records/s, %d errors", ms(m.Latency.P99), commas(m.TargetRate), errs),
+			Value:    m.Latency.P99, Met: m.Latency.P99 <= flush+150 && errs == 0})
+	}
+	if m := get("produce-many-producers", "streamhouse"); m != nil && m.Latency != nil {
+		out = append(out, Target{Figure: "produce p99, many producers (each its own connection, 100 records/s), wal",
+			Target:   "<= 10 ms",
+			Measured: fmt.Sprintf("%s ms at %s records/s", ms(m.Latency.P99), commas(m.TargetRate)),
+			Value:    m.Latency.P99, Met: m.Latency.P99 <= 10})
+		if len(m.Processes) > 0 || m.CPUSeconds > 0 {
+			out = append(out, Target{Figure: "server CPU, many producers", Target: "<= 0.5 core",
+				Measured: fmt.Sprintf("%.2f cores (%.1f CPU s over %.1f s)", m.CPUCores, m.CPUSeconds, m.Seconds),
+				Value:    m.CPUCores, Met: m.CPUCores <= 0.5})
+		}
+	}
+	dev, cl := get("produce-keyed-1000p-durable", "streamhouse"), get("produce-keyed-1000p-durable", clusterName)
+	if dev != nil && cl != nil {
+		x := 0.0
+		if dev.RecordsPerSec > 0 {
+			x = cl.RecordsPerSec / dev.RecordsPerSec
+		}
+		out = append(out, Target{Figure: "cluster (3 controllers, 2 agents, gateway, S3), keyed, 1,000 partitions, durable",
+			Target:   ">= 50 % of the dev server's in the same run",
+			Measured: fmt.Sprintf("%s vs %s records/s (%.0f %%)", commas(cl.RecordsPerSec), commas(dev.RecordsPerSec), x*100),
+			Value:    x, Met: x >= 0.5})
 	}
 	return out
 }

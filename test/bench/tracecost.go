@@ -267,27 +267,3 @@ func executeTraceCost(ctx context.Context, o *options, stderr io.Writer) (*Repor
 	}
 	return rep, errors.Join(errs...)
 }
-
-// cpuSeconds is the user+system CPU time process pid has used (from
-// /proc/pid/stat, in clock ticks of 1/100 s, Linux's USER_HZ), or 0.
-func cpuSeconds(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	// The command name may hold spaces: the fields after it start past ')'.
-	i := strings.LastIndexByte(string(b), ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 13 {
-		return 0
-	}
-	utime, err1 := strconv.ParseFloat(f[11], 64)
-	stime, err2 := strconv.ParseFloat(f[12], 64)
-	if err1 != nil || err2 != nil {
-		return 0
-	}
-	return (utime + stime) / 100
-}

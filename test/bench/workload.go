@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/streamhouse/streamhouse/pkg/partition"
 )
 
 // workload is what one run does; the same settings drive every system.
@@ -69,6 +71,9 @@ type system interface {
 	consume(ctx context.Context, topic string, w workload, fromEnd bool, ready func(), onRecord func(part int, value []byte)) error
 	// stats scrapes the server's counters (zero values when unknown).
 	stats(ctx context.Context) serverStats
+	// procs are the server processes to measure CPU and RSS of (none for
+	// a --url deployment).
+	procs() []procRef
 	close()
 }
 
@@ -107,7 +112,9 @@ type runner struct {
 // produceLoad runs w.Producers senders until w.Duration or w.Count, at
 // w.Rate records/s if set, and records ack latencies (produce call to
 // acknowledgement). stamp puts the send time into each value (e2e).
-func (r *runner) produceLoad(ctx context.Context, sys system, topic string, w workload, label string, c *counters, h *shardedHist, stamp bool) (time.Duration, error) {
+// onStart, if set, is called once every sender is connected, just before
+// the first record: the returned duration is measured from then.
+func (r *runner) produceLoad(ctx context.Context, sys system, topic string, w workload, label string, c *counters, h *shardedHist, stamp bool, onStart func()) (time.Duration, error) {
 	senders := make([]sender, w.Producers)
 	for i := range senders {
 		s, err := sys.newSender(ctx, topic, w)
@@ -132,8 +139,13 @@ func (r *runner) produceLoad(ctx context.Context, sys system, topic string, w wo
 		static[i] = byte('a' + i%26)
 	}
 	keys := make([][]byte, max(w.KeySpace, 1))
+	// keyParts is each key's partition by Kafka's murmur2, as the SDK picks
+	// it: systems that take the partition from the harness (NATS: one
+	// subject per partition) spread keyed records the same way.
+	keyParts := make([]int, len(keys))
 	for i := range keys {
 		keys[i] = fmt.Appendf(nil, "key-%08d", i)
+		keyParts[i] = int(partition.ForKey(keys[i], int32(w.Partitions)))
 	}
 	var quota atomic.Int64 // records left when w.Count is set
 	quota.Store(w.Count)
@@ -144,6 +156,9 @@ func (r *runner) produceLoad(ctx context.Context, sys system, topic string, w wo
 	}
 	defer cancel()
 
+	if onStart != nil {
+		onStart()
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	errs := make([]error, len(senders))
@@ -174,7 +189,8 @@ func (r *runner) produceLoad(ctx context.Context, sys system, topic string, w wo
 				}
 				var key []byte
 				if w.KeyDist == "random" {
-					key = keys[rng.IntN(len(keys))]
+					k := rng.IntN(len(keys))
+					key, part = keys[k], keyParts[k]
 				} else if sent%perBatch == 0 && sent > 0 {
 					// keyless: stick to a partition for one batch (Kafka's
 					// sticky partitioner; the StreamHouse SDK does its own).
@@ -210,10 +226,13 @@ func (r *runner) runProduce(ctx context.Context, sys system, topic string, w wor
 	before := sys.stats(ctx)
 	c := &counters{}
 	h := newShardedHist(w.Producers)
-	el, err := r.produceLoad(ctx, sys, topic, w, label, c, h, false)
+	var m *meter
+	el, err := r.produceLoad(ctx, sys, topic, w, label, c, h, false, func() { m = startMeter(sys.procs()) })
+	procs := m.stop()
 	if err != nil {
 		c.fail(err)
 	}
+	mid := sys.stats(ctx) // requests and CPU end with the load; PUTs may not
 	if !w.Durable {
 		// wal acks come before the upload: wait for the uploader to catch
 		// up so the run's PUTs are counted (durable acks mean committed).
@@ -223,8 +242,14 @@ func (r *runner) runProduce(ctx context.Context, sys system, topic string, w wor
 	rd := roundOf(c, el, h)
 	rd.TargetRate = w.Rate
 	rd.RSSBytes = after.RSS
-	if sh, ok := sys.(*shSystem); ok && sh != nil {
+	rd.setUsage(procs, el.Seconds(), rd.Bytes, mid.sub(before).CPU)
+	if _, ok := sys.(*shSystem); ok {
 		rd.S3 = s3Of(after.sub(before), 0)
+		rd.setRequests(mid.sub(before).Requests, el.Seconds())
+	} else {
+		rd.Requests = float64(rd.Records + rd.Errors)
+		rd.RequestsPerSec = rd.Requests / max(el.Seconds(), 1e-9)
+		rd.RequestsFrom = "client: one JetStream publish (and PubAck) per record"
 	}
 	return rd, nil
 }
@@ -250,7 +275,7 @@ func waitUploaded(ctx context.Context, sys system, before serverStats) {
 func roundOf(c *counters, el time.Duration, h *shardedHist) Round {
 	rd := Round{
 		Records: c.records.Load(), Bytes: c.bytes.Load(), Seconds: el.Seconds(),
-		Errors: c.errors.Load(), LastError: c.lastError(),
+		Errors: c.errors.Load(), LastError: c.lastError(), ErrorsByCode: c.errorsByCode(),
 	}
 	if el > 0 {
 		rd.RecordsPerSec = float64(rd.Records) / el.Seconds()
@@ -264,7 +289,8 @@ func roundOf(c *counters, el time.Duration, h *shardedHist) Round {
 
 // runConsumeCold prefills a topic with w.Count records, then measures
 // reading all of them from the start (StreamHouse: from objects, as
-// durable acks mean the data is committed and dropped from the WAL).
+// durable acks mean the data is committed and dropped from the WAL). CPU,
+// RSS and requests are those of the read phase only.
 func (r *runner) runConsumeCold(ctx context.Context, sys system, topic string, w workload, label string) (Round, error) {
 	if err := sys.createTopic(ctx, topic, w); err != nil {
 		return Round{}, err
@@ -273,7 +299,7 @@ func (r *runner) runConsumeCold(ctx context.Context, sys system, topic string, w
 	pc := &counters{}
 	pw := w
 	pw.Rate, pw.Duration = 0, time.Hour
-	if _, err := r.produceLoad(ctx, sys, topic, pw, label+" (prefill)", pc, newShardedHist(1), false); err != nil {
+	if _, err := r.produceLoad(ctx, sys, topic, pw, label+" (prefill)", pc, newShardedHist(1), false, nil); err != nil {
 		return Round{}, fmt.Errorf("prefill: %w", err)
 	}
 	if pc.errors.Load() > 0 {
@@ -285,6 +311,7 @@ func (r *runner) runConsumeCold(ctx context.Context, sys system, topic string, w
 	stop := progress(r.progress, label, c)
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
+	m := startMeter(sys.procs())
 	start := time.Now()
 	err := sys.consume(cctx, topic, w, false, func() {}, func(_ int, v []byte) {
 		c.bytes.Add(int64(len(v)))
@@ -293,6 +320,7 @@ func (r *runner) runConsumeCold(ctx context.Context, sys system, topic string, w
 		}
 	})
 	el := time.Since(start)
+	procs := m.stop()
 	stop()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		c.fail(err)
@@ -303,17 +331,25 @@ func (r *runner) runConsumeCold(ctx context.Context, sys system, topic string, w
 	after := sys.stats(ctx)
 	rd := roundOf(c, el, nil)
 	rd.RSSBytes = after.RSS
+	d := after.sub(before)
+	rd.setUsage(procs, el.Seconds(), rd.Bytes, d.CPU)
 	if _, ok := sys.(*shSystem); ok {
-		d := after.sub(before)
 		rd.S3 = s3Of(d, rd.Bytes)
 		rd.S3.Puts, rd.S3.PutsPerGiB, rd.S3.PutsPerFlush = d.Puts, 0, 0
+		rd.setRequests(d.Requests, el.Seconds())
+	} else {
+		rd.RequestsFrom = natsPushed
 	}
 	return rd, nil
 }
 
+// natsPushed says why NATS consume runs report no requests.
+const natsPushed = "none: NATS pushes messages to ordered consumers (no fetch requests)"
+
 // runE2E tails every partition while producing at w.Rate and measures
 // publish-to-receive latency from a timestamp in each value; the throughput
-// reported is the consumers'.
+// reported is the consumers'. CPU per GiB is per GiB received (the server
+// both stored and served each byte).
 func (r *runner) runE2E(ctx context.Context, sys system, topic string, w workload, label string) (Round, error) {
 	if err := sys.createTopic(ctx, topic, w); err != nil {
 		return Round{}, err
@@ -350,7 +386,8 @@ func (r *runner) runE2E(ctx context.Context, sys system, topic string, w workloa
 	}
 	pc := &counters{}
 	start := time.Now()
-	_, perr := r.produceLoad(ctx, sys, topic, w, label, pc, newShardedHist(1), true)
+	m := startMeter(sys.procs())
+	_, perr := r.produceLoad(ctx, sys, topic, w, label, pc, newShardedHist(1), true, nil)
 	produced.Store(pc.records.Load())
 	if c.records.Load() >= pc.records.Load() {
 		cancel()
@@ -363,21 +400,27 @@ func (r *runner) runE2E(ctx context.Context, sys system, topic string, w workloa
 	}
 	err := <-consumeErr
 	el := time.Since(start)
+	procs := m.stop()
 	if err != nil && !errors.Is(err, context.Canceled) {
 		c.fail(err)
 	}
 	if perr != nil {
 		c.fail(perr)
 	}
-	if pc.errors.Load() > 0 {
-		c.fail(fmt.Errorf("%d records failed to produce: %s", pc.errors.Load(), pc.lastError()))
-	}
+	c.addFailures(pc) // each record that failed to produce, by code
 	after := sys.stats(ctx)
 	rd := roundOf(c, el, h)
 	rd.TargetRate = w.Rate
 	rd.RSSBytes = after.RSS
+	d := after.sub(before)
+	rd.setUsage(procs, el.Seconds(), rd.Bytes, d.CPU)
 	if _, ok := sys.(*shSystem); ok {
-		rd.S3 = s3Of(after.sub(before), rd.Bytes)
+		rd.S3 = s3Of(d, rd.Bytes)
+		rd.setRequests(d.Requests, el.Seconds())
+	} else {
+		rd.Requests = float64(pc.records.Load() + pc.errors.Load())
+		rd.RequestsPerSec = rd.Requests / max(el.Seconds(), 1e-9)
+		rd.RequestsFrom = "client: one JetStream publish per record produced (consumers are pushed to)"
 	}
 	return rd, nil
 }
