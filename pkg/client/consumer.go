@@ -106,7 +106,10 @@ type GroupConsumerConfig struct {
 	OnLost func(ctx context.Context, partitions []TopicPartition, err error)
 	// Logger receives the consumer's state changes; nil discards.
 	Logger *slog.Logger
-	// ReaderOptions tune the per-partition fetches.
+	// ReaderOptions tune the fetches: the consumer reads all its partitions
+	// with one MultiReader (one FetchPartitions request per round for all
+	// of them), so MaxBytes limits each partition, FetchMaxBytes and
+	// FetchMinBytes each request, and MaxWait its long-poll.
 	ReaderOptions []ReaderOption
 }
 
@@ -126,9 +129,9 @@ type GroupConsumer struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	fetched chan fetchResult
-	wake    chan struct{} // assignment changed, or lost
-	hbNow   chan struct{} // heartbeat at once (after a release)
+	fetched chan []fetchResult // one fetch round's results, for Poll
+	wake    chan struct{}      // assignment changed, or lost
+	hbNow   chan struct{}      // heartbeat at once (after a release)
 
 	// rpcMu serialises heartbeats and commits, so a commit always carries
 	// the member epoch of the latest heartbeat answer.
@@ -146,13 +149,15 @@ type GroupConsumer struct {
 	pending    []ConsumerRecord // fetched, not returned yet
 	lastCommit time.Time
 	closed     bool
+	// fetchRound cancels the fetcher's current round (its long-poll): the
+	// partitions to fetch changed. Set and called under mu.
+	fetchRound context.CancelFunc
 }
 
 type ownedPart struct {
-	pos       int64 // next offset to return
-	committed int64 // last committed offset, -1 if none known
-	gen       uint64
-	cancel    context.CancelFunc
+	pos       int64  // next offset to return
+	committed int64  // last committed offset, -1 if none known
+	gen       uint64 // 0 once stopped: the fetcher drops the partition
 }
 
 type fetchResult struct {
@@ -206,12 +211,13 @@ func (c *Client) NewGroupConsumer(cfg GroupConsumerConfig) (*GroupConsumer, erro
 	ctx, cancel := context.WithCancel(context.Background())
 	gc := &GroupConsumer{
 		c: c, cfg: cfg, log: log.With("group", cfg.Group), ctx: ctx, cancel: cancel,
-		fetched: make(chan fetchResult), wake: make(chan struct{}, 1), hbNow: make(chan struct{}, 1),
+		fetched: make(chan []fetchResult), wake: make(chan struct{}, 1), hbNow: make(chan struct{}, 1),
 		memberID: newUUID(), assignment: map[TopicPartition]bool{}, owned: map[TopicPartition]*ownedPart{},
 		lastCommit: time.Now(),
 	}
-	gc.wg.Add(1)
+	gc.wg.Add(2)
 	go gc.heartbeatLoop()
+	go gc.fetchLoop()
 	return gc, nil
 }
 
@@ -428,8 +434,10 @@ func (gc *GroupConsumer) Poll(ctx context.Context) ([]ConsumerRecord, error) {
 		case <-ctx.Done():
 		case <-gc.wake:
 		case <-autoCommit:
-		case fr := <-gc.fetched:
-			gc.accept(fr)
+		case frs := <-gc.fetched:
+			for _, fr := range frs {
+				gc.accept(fr)
+			}
 		}
 		if timer != nil {
 			timer.Stop()
@@ -570,14 +578,11 @@ func (gc *GroupConsumer) stopLocked(tps map[TopicPartition]bool) []TopicPartitio
 	}
 	for tp := range tps {
 		if ps, ok := gc.owned[tp]; ok {
-			if ps.cancel != nil {
-				ps.cancel()
-				ps.cancel = nil
-			}
 			ps.gen = 0
 			out = append(out, tp)
 		}
 	}
+	gc.refetchLocked()
 	gc.dropPendingLocked(tps)
 	return sortTPs(out)
 }
@@ -619,15 +624,15 @@ func (gc *GroupConsumer) start(ctx context.Context, add []TopicPartition) error 
 			continue // revoked while we looked up offsets
 		}
 		gc.gen++
-		fctx, cancel := context.WithCancel(gc.ctx)
 		c, ok := committed[tp]
 		if !ok {
 			c = -1
 		}
-		gc.owned[tp] = &ownedPart{pos: starts[tp], committed: c, gen: gc.gen, cancel: cancel}
-		gc.wg.Add(1)
-		go gc.fetch(fctx, tp, gc.gen, starts[tp])
+		gc.owned[tp] = &ownedPart{pos: starts[tp], committed: c, gen: gc.gen}
 		started = append(started, tp)
+	}
+	if len(started) > 0 {
+		gc.refetchLocked()
 	}
 	gc.mu.Unlock()
 	if len(started) > 0 {
@@ -672,32 +677,81 @@ func (gc *GroupConsumer) fetchOffsets(ctx context.Context, tps []TopicPartition)
 	}
 }
 
-// fetch reads one partition until its context ends, handing results to Poll.
-func (gc *GroupConsumer) fetch(ctx context.Context, tp TopicPartition, gen uint64, start int64) {
+// refetchLocked ends the fetcher's current round: the partitions to fetch
+// changed. gc.mu is held.
+func (gc *GroupConsumer) refetchLocked() {
+	if gc.fetchRound != nil {
+		gc.fetchRound()
+	}
+}
+
+// fetchLoop reads every partition Poll consumes with one MultiReader, one
+// FetchPartitions request per round for all of them, and hands each round's
+// records and partition errors to Poll, until Close. Before each round it
+// brings the reader to the owned partitions (a partition started anew, with
+// a new generation, is read from its position); a change of them ends the
+// round's long-poll early (refetchLocked). A round's results are always
+// handed over, since the reader has moved past them; Poll drops those of
+// partitions stopped meanwhile.
+func (gc *GroupConsumer) fetchLoop() {
 	defer gc.wg.Done()
-	r := gc.c.NewReader(tp.Topic, tp.Partition, start, gc.cfg.ReaderOptions...)
+	r := gc.c.NewMultiReader(nil, gc.cfg.ReaderOptions...)
+	gens := map[TopicPartition]uint64{} // what r reads, by generation
 	for attempt := 0; ; {
-		recs, err := r.Next(ctx)
-		if ctx.Err() != nil {
-			return
+		gc.mu.Lock()
+		for tp, gen := range gens {
+			if ps, ok := gc.owned[tp]; !ok || ps.gen != gen {
+				r.Remove(tp)
+				delete(gens, tp)
+			}
 		}
-		if err != nil {
-			var te *TruncatedError
-			if !errors.As(err, &te) {
-				attempt++
+		for tp, ps := range gc.owned {
+			if ps.gen != 0 && gens[tp] != ps.gen {
+				r.Add(tp, ps.pos)
+				gens[tp] = ps.gen
 			}
-		} else {
-			attempt = 0
-			if len(recs) == 0 {
-				continue
+		}
+		round, cancel := context.WithCancel(gc.ctx)
+		gc.fetchRound = cancel
+		gc.mu.Unlock()
+		if len(gens) == 0 {
+			<-round.Done() // until partitions are started, or Close
+			cancel()
+			if gc.ctx.Err() != nil {
+				return
 			}
+			continue
+		}
+		got, err := r.Next(round)
+		cut := round.Err() != nil // by refetchLocked (or Close)
+		cancel()
+		switch {
+		case gc.ctx.Err() != nil:
+			return
+		case err != nil && cut:
+			continue // the partitions changed mid-fetch (positions did not move): start over
+		case err != nil:
+			// The whole request failed in a way retrying did not fix: every
+			// partition waits, with backoff.
+			attempt++
+			gc.log.Warn("fetch failed", "partitions", len(gens), "attempts", attempt, "err", err)
+			if sleepCtx(gc.ctx, (backoff{base: 200 * time.Millisecond, max: 5 * time.Second}).delay(attempt)) != nil {
+				return
+			}
+			continue
+		}
+		attempt = 0
+		if len(got) == 0 {
+			continue
+		}
+		results := make([]fetchResult, len(got))
+		for i, fp := range got {
+			tp := TopicPartition{fp.Topic, fp.Partition}
+			results[i] = fetchResult{tp: tp, gen: gens[tp], recs: fp.Records, err: fp.Err}
 		}
 		select {
-		case gc.fetched <- fetchResult{tp: tp, gen: gen, recs: recs, err: err}:
-		case <-ctx.Done():
-			return
-		}
-		if attempt > 0 && sleepCtx(ctx, (backoff{base: 200 * time.Millisecond, max: 5 * time.Second}).delay(attempt)) != nil {
+		case gc.fetched <- results:
+		case <-gc.ctx.Done():
 			return
 		}
 	}
@@ -797,7 +851,7 @@ func (gc *GroupConsumer) Close(ctx context.Context) error {
 			gc.cfg.OnRevoked(ctx, parts)
 		}
 	}
-	gc.cancel() // stops the heartbeat loop and the fetchers
+	gc.cancel() // stops the heartbeat loop and the fetcher
 	gc.wg.Wait()
 	if !lost {
 		errs = append(errs, gc.leave(ctx))
