@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"connectrpc.com/connect"
@@ -174,19 +176,29 @@ func (a *Agent) appendAll(ctx context.Context, ops []appendOp) {
 	// trace.
 	reqSpan := trace.SpanContextFromContext(ctx)
 	walCtx, walSpan := spans.Start(ctx, tracer, "agent.wal_append")
-	var records, bytes int
+	// Lock every partition's appendMu (in key order, so two requests
+	// cannot deadlock), assign offsets, and enqueue all entries on the WAL
+	// at once: the partitions' frames reach the WAL in offset order, and
+	// the writer takes the request in one group, one fsync.
+	live := make([]*appendOp, 0, len(ops))
 	for i := range ops {
 		op := &ops[i]
-		if op.err != nil {
-			continue
-		}
-		if refused != nil {
+		switch {
+		case op.err != nil:
+		case refused != nil:
 			op.err = refused
-			continue
+		default:
+			live = append(live, op)
 		}
+	}
+	slices.SortFunc(live, func(x, y *appendOp) int {
+		return cmp.Or(cmp.Compare(x.p.key.topic, y.p.key.topic), cmp.Compare(x.p.key.partition, y.p.key.partition))
+	})
+	entries := make([]wal.Entry, 0, len(live))
+	queued := live[:0:0]
+	var records, bytes int
+	for _, op := range live {
 		p := op.p
-		// Assign offsets and enqueue under appendMu: the partition's frames
-		// reach the WAL in offset order.
 		p.appendMu.Lock()
 		p.mu.Lock()
 		perr, epoch := p.err, p.epoch
@@ -203,11 +215,16 @@ func (a *Agent) appendAll(ctx context.Context, ops []appendOp) {
 		if op.acks == v1.Acks_ACKS_DURABLE {
 			p.addFlushWaiter(reqSpan, op.end)
 		}
-		op.pend = a.wal.Append(wal.Entry{Topic: p.key.topic, Partition: p.key.partition, BaseOffset: op.base, EndOffset: op.end, MaxTimestampMs: op.meta.MaxTimestamp, Data: op.batch})
-		p.nextOffset = op.end
-		p.appendMu.Unlock()
+		entries = append(entries, wal.Entry{Topic: p.key.topic, Partition: p.key.partition, BaseOffset: op.base, EndOffset: op.end, MaxTimestampMs: op.meta.MaxTimestamp, Data: op.batch})
+		queued = append(queued, op)
 		records += int(op.meta.NumRecords)
 		bytes += len(op.batch)
+	}
+	pends := a.wal.AppendAll(entries)
+	for i, op := range queued {
+		op.pend = pends[i]
+		op.p.nextOffset = op.end
+		op.p.appendMu.Unlock()
 	}
 	var firstErr error
 	for i := range ops {

@@ -263,6 +263,7 @@ func (a *Agent) upload(ctx context.Context, b *objfile.Builder, plans []uploadPl
 		return 0, err
 	}
 	uploaded := 0
+	var marks []wal.CommittedMark
 	for i, r := range resp.GetResults() {
 		pl := plans[i]
 		switch {
@@ -272,9 +273,7 @@ func (a *Agent) upload(ctx context.Context, b *objfile.Builder, plans []uploadPl
 			pl.p.uploadedEnd = max(pl.p.uploadedEnd, pl.end)
 			pl.p.mu.Unlock()
 			pl.p.advanceCommitted(r.GetCommittedEndOffset())
-			if err := a.wal.SetCommitted(pl.p.key.topic, pl.p.key.partition, pl.end); err != nil {
-				a.log.ErrorContext(ctx, "mark committed in WAL", "partition", pl.p.key.String(), "err", err)
-			}
+			marks = append(marks, wal.CommittedMark{Topic: pl.p.key.topic, Partition: pl.p.key.partition, End: pl.end})
 			uploaded += int(sections[i].Length)
 		case r.GetFenced():
 			a.mu.Lock()
@@ -290,6 +289,11 @@ func (a *Agent) upload(ctx context.Context, b *objfile.Builder, plans []uploadPl
 			}
 			pl.p.mu.Unlock()
 		}
+	}
+	// One index transaction for every partition of the object: the WAL may
+	// then drop what is committed.
+	if err := a.wal.SetCommittedMany(marks); err != nil {
+		a.log.ErrorContext(ctx, "mark committed in WAL", "object", key, "partitions", len(marks), "err", err)
 	}
 	flushesTotal.Inc()
 	flushBytes.Update(float64(len(obj)))
