@@ -151,12 +151,13 @@ func New(cfg Config) (*Gateway, error) {
 // Handler returns one http.Handler serving AdminService, ProduceService and
 // ConsumeService (each over Connect, gRPC and gRPC-web; request messages up
 // to ReadMaxBytes), GET /metrics (Prometheus text format) and GET /healthz,
-// which answers 200 "ok".
+// which answers 200 "ok". JSON requests with an unknown field or enum name
+// are refused with InvalidArgument (see strictJSONCodec).
 //
 // gRPC needs HTTP/2: serve the handler with TLS, or without TLS with
 // http.Server.Protocols allowing UnencryptedHTTP2 (h2c).
 func (g *Gateway) Handler() http.Handler {
-	opts := append(slices.Clone(g.cfg.HandlerOptions), connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor()))
+	opts := append(slices.Clone(g.cfg.HandlerOptions), connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor()), withStrictJSON())
 	mux := http.NewServeMux()
 	mux.Handle(streamhousev1connect.NewAdminServiceHandler(adminService{g}, opts...))
 	mux.Handle(streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...))
