@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
-	"strings"
 	"testing"
 	"time"
 
@@ -53,7 +52,10 @@ func TestSmoke(t *testing.T) {
 	if natsSkipped := rep.Systems[1].Skipped != ""; natsSkipped != (natsErr != nil) {
 		t.Errorf("nats skipped = %q, but nats-server on PATH: %v", rep.Systems[1].Skipped, natsErr == nil)
 	}
-	want := []string{"produce-wal-8p", "produce-durable-8p", "produce-wal-half", "produce-durable-half", "consume-cold-8p", "e2e-wal"}
+	want := []string{"produce-wal-8p", "produce-durable-8p", "produce-wal-half", "produce-durable-half", "consume-cold-8p", "e2e-wal",
+		"produce-keyed-1000p-wal", "produce-keyed-1000p-durable", "produce-keyed-10000p-durable", "produce-keyed-1000p-20k-durable",
+		"produce-many-producers", "produce-1k", "consume-1000p"}
+	noNATS := map[string]bool{"produce-durable-8p": true, "produce-durable-half": true}
 	for _, name := range want {
 		res := rep.result(name, "streamhouse")
 		if res == nil || res.Median == nil || len(res.Rounds) != 1 {
@@ -67,12 +69,28 @@ func TestSmoke(t *testing.T) {
 		if m.S3 == nil || m.RSSBytes <= 0 {
 			t.Errorf("%s: missing S3 counters or RSS: %+v", name, m)
 		}
+		if m.Requests <= 0 || m.RequestsPerSec <= 0 || m.RequestsByMethod == nil || m.RequestsFrom == "" {
+			t.Errorf("%s: no requests counted from the gateway's /metrics: %v %v %q", name, m.Requests, m.RequestsByMethod, m.RequestsFrom)
+		}
+		if len(m.Processes) != 1 || m.Processes[0].PID <= 0 || m.PeakRSSBytes <= 0 || m.PeakRSSBytes != m.Processes[0].PeakRSSBytes {
+			t.Errorf("%s: process figures: peak RSS %v, %+v", name, m.PeakRSSBytes, m.Processes)
+		}
+		// A consume of 20,000 records can take less than a clock tick
+		// (10 ms) of CPU; a produce run of half a second cannot.
+		if res.Workload != "consume-cold" && (m.CPUSeconds <= 0 || m.CPUCores <= 0 || m.CPUSecondsPerGiB <= 0) {
+			t.Errorf("%s: server CPU %v s, %v cores, %v s/GiB", name, m.CPUSeconds, m.CPUCores, m.CPUSecondsPerGiB)
+		}
 		if res.Workload != "consume-cold" && (m.Latency == nil || m.Latency.Count == 0 || m.Latency.P99 < m.Latency.P50) {
 			t.Errorf("%s: latency %+v", name, m.Latency)
 		}
-		if natsErr == nil && !strings.Contains(name, "durable") {
-			if n := rep.result(name, "nats"); n == nil || n.Median == nil || n.Median.Records <= 0 {
+		if natsErr == nil && !noNATS[name] {
+			n := rep.result(name, "nats")
+			if n == nil || n.Median == nil || n.Median.Records <= 0 {
 				t.Errorf("%s: no nats result: %+v", name, n)
+				continue
+			}
+			if nm := n.Median; len(nm.Processes) != 1 || nm.PeakRSSBytes <= 0 || (res.Workload != "consume-cold" && nm.RequestsPerSec <= 0) {
+				t.Errorf("%s: nats process figures or requests: %+v", name, nm)
 			}
 		}
 	}
@@ -88,7 +106,10 @@ func TestSmoke(t *testing.T) {
 	if natsErr == nil && len(rep.Comparisons) < 4 {
 		t.Errorf("comparisons: %+v", rep.Comparisons)
 	}
-	if len(rep.Targets) < 8 {
+	if p := rep.result("produce-keyed-1000p-wal", "streamhouse"); p != nil && p.Params["partitions"] != float64(100) {
+		t.Errorf("smoke mode runs the 1000p workloads on 100 partitions, got %v", p.Params["partitions"])
+	}
+	if len(rep.Targets) < 11 {
 		t.Errorf("targets: %+v", rep.Targets)
 	}
 }

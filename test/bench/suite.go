@@ -36,7 +36,7 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 		sz = suiteSizes{
 			p1000: 100, p10000: 200, keySpace: 100_000, rate20k: 5_000,
 			manyProducers: 20, manyPartitions: 20, perProducerRate: 100,
-			duration: 500 * time.Millisecond,
+			duration: 500 * time.Millisecond, fullCount: 20_000,
 		}
 	}
 	var errs []error
@@ -85,13 +85,18 @@ func runSuite(ctx context.Context, e *env, r *runner, rep *Report) error {
 
 // suiteSizes are the sizes of the workloads runRealShapes runs.
 type suiteSizes struct {
-	p1000, p10000   int     // partitions of the "1000p" and "10000p" workloads
-	keySpace        int     // distinct keys of the keyed workloads
-	rate20k         float64 // offered load of produce-keyed-1000p-20k-durable
-	manyProducers   int     // producers of produce-many-producers
-	manyPartitions  int     // its partitions
-	perProducerRate float64 // and each producer's records/s
-	duration        time.Duration
+	p1000, p10000   int           // partitions of the "1000p" and "10000p" workloads
+	keySpace        int           // distinct keys of the keyed workloads
+	rate20k         float64       // offered load of produce-keyed-1000p-20k-durable
+	manyProducers   int           // producers of produce-many-producers
+	manyPartitions  int           // its partitions
+	perProducerRate float64       // and each producer's records/s
+	duration        time.Duration // of every workload of runRealShapes
+	// fullCount, when set, bounds the full-load runs by records instead:
+	// 100 KiB per partition of 1 KiB records would take a race-built
+	// server seconds to drain from the producers' buffers after a timed
+	// run, so smoke runs send a fixed amount (1 KiB runs a quarter of it).
+	fullCount int64
 }
 
 // runRealShapes runs the workloads of issue 13 ("the harness measures real
@@ -111,15 +116,17 @@ func runRealShapes(ctx context.Context, e *env, r *runner, rep *Report, base wor
 	keyed.Duration = sz.duration
 	keyed.KeyDist, keyed.KeySpace = "random", sz.keySpace
 	keyed.Partitions = sz.p1000
-	kWal, kDurable := keyed, keyed
+	kDurable := keyed
 	kDurable.Durable = true
+	kWal, kFull := keyed, kDurable // the full-load ones
+	kWal.Count, kFull.Count = sz.fullCount, sz.fullCount
 	step(runRounds(ctx, e, r, rep, "produce-keyed-1000p-wal", "produce", kWal, true, nil))
 	onCluster := e.each(true)
 	if e.clusterSys != nil {
 		onCluster = append([]system{e.sh, e.clusterSys}, onCluster[1:]...)
 	}
-	step(runRoundsOn(ctx, e, r, rep, "produce-keyed-1000p-durable", "produce", kDurable, onCluster, nil))
-	k10k := kDurable
+	step(runRoundsOn(ctx, e, r, rep, "produce-keyed-1000p-durable", "produce", kFull, onCluster, nil))
+	k10k := kFull
 	k10k.Partitions = sz.p10000
 	step(runRounds(ctx, e, r, rep, "produce-keyed-10000p-durable", "produce", k10k, true, nil))
 	k20k := kDurable
@@ -136,6 +143,7 @@ func runRealShapes(ctx context.Context, e *env, r *runner, rep *Report, base wor
 	big := many
 	big.Producers, big.Rate = base.Producers, 0
 	big.Partitions, big.RecordSize = 8, 1024
+	big.Count = sz.fullCount / 4
 	step(runRounds(ctx, e, r, rep, "produce-1k", "produce", big, true, nil))
 
 	// Keyed prefill, so every partition holds data (keyless records stick
