@@ -77,13 +77,20 @@
 // them client-side and returns records from the requested offset on, long
 // polling when it has caught up.
 //
+// # MultiReader
+//
+// A MultiReader reads many partitions, of one or more topics, with one
+// FetchPartitions request per Next (Kafka's Fetch shape): one long-poll for
+// all of them, so request count does not grow with partition count. Each
+// partition keeps its own position, and its errors are its own.
+//
 // # GroupConsumer
 //
 // A GroupConsumer is a member of a consumer group: the controller assigns it
 // partitions (KIP-848 style, server-side assignors), it heartbeats in the
-// background, reads its partitions with Readers from their committed
-// offsets, commits before it releases a partition, and rejoins when it is
-// fenced. See NewGroupConsumer.
+// background, reads all its partitions with one MultiReader from their
+// committed offsets, commits before it releases a partition, and rejoins
+// when it is fenced. See NewGroupConsumer.
 package client
 
 import (
