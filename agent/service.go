@@ -102,9 +102,18 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	}
 	defer release()
 
+	// Entries for partitions this agent does not know yet (a topic just
+	// created) cost one lease refresh for all of them, not one each.
+	var refreshErr error
+	for _, e := range entries {
+		if a.partition(partKey{e.GetTopic(), e.GetPartition()}) == nil {
+			refreshErr = a.refreshLeases(ctx)
+			break
+		}
+	}
 	ops := make([]appendOp, len(entries))
 	for i, e := range entries {
-		ops[i] = a.prepareAppend(ctx, e, m.GetAcks())
+		ops[i] = a.prepareAppend(e, m.GetAcks(), refreshErr)
 	}
 	a.appendAll(ctx, ops)
 	a.awaitCommits(ctx, ops)
@@ -121,14 +130,20 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	return connect.NewResponse(out), nil
 }
 
-// prepareAppend checks one entry before anything is written: the agent
-// holds the partition under a live lease, the batch is sound and within the
+// prepareAppend checks one entry before anything is written (after Append
+// refreshed the leases once if some partition was unknown; refreshErr is
+// that refresh's failure): the agent holds the partition under a live lease, the batch is sound and within the
 // topic's limit, and the agent can take the write now (shed).
-func (a *Agent) prepareAppend(ctx context.Context, e *v1.AppendEntry, acks v1.Acks) appendOp {
-	p, err := a.lookup(ctx, e.GetTopic(), e.GetPartition())
-	if err != nil {
-		return appendOp{err: err}
+func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error) appendOp {
+	k := partKey{e.GetTopic(), e.GetPartition()}
+	p := a.partition(k)
+	switch {
+	case p == nil && refreshErr != nil:
+		return appendOp{err: noController(k, refreshErr)}
+	case p == nil:
+		return appendOp{err: a.notHolder(k)}
 	}
+	var err error
 	op := appendOp{p: p, batch: e.GetBatch()}
 	op.meta, err = batch.Check(op.batch)
 	if err != nil {
