@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,3 +131,55 @@ func TestParseGoBench(t *testing.T) {
 }
 
 func writeFile(path, s string) error { return os.WriteFile(path, []byte(s), 0o644) }
+
+// TestClusterSmoke runs one short produce against a --start-cluster
+// cluster (versitygw, 3 controllers, 2 agents, a gateway) and checks that
+// every process was measured and the gateway -> agent -> S3 path was used.
+// It needs bin/versitygw (go tool task tools), like every S3 test.
+func TestClusterSmoke(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts 7 processes")
+	}
+	bin, err := devproc.Build(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	code := run(ctx, []string{"produce", "--start-cluster", "--bin", bin, "--nats", "off", "--durability", "durable",
+		"--keys", "random", "--partitions", "8", "--producers", "2", "--records", "5000", "--rounds", "1", "--json", "--quiet"}, &stdout, &stderr)
+	if code != 0 {
+		t.Fatalf("exit %d\nstderr:\n%s\nstdout:\n%s", code, stderr.String(), stdout.String())
+	}
+	var rep Report
+	if err := json.NewDecoder(&stdout).Decode(&rep); err != nil {
+		t.Fatalf("report is not valid JSON: %v", err)
+	}
+	if len(rep.Systems) != 2 || !strings.Contains(rep.Systems[0].Target, "3 controllers, 2 agents") {
+		t.Fatalf("systems: %+v", rep.Systems)
+	}
+	res := rep.result("produce-durable-8p", "streamhouse")
+	if res == nil || res.Median == nil {
+		t.Fatalf("no result: %+v", rep.Results)
+	}
+	m := res.Median
+	if m.Records != 5000 || m.Errors != 0 {
+		t.Errorf("records %d, errors %d (%s)", m.Records, m.Errors, res.Rounds[0].LastError)
+	}
+	if m.S3 == nil || m.S3.Puts < 1 || m.Requests <= 0 {
+		t.Errorf("no S3 PUTs or requests counted (agents' and gateway's /metrics): %+v, requests %v", m.S3, m.Requests)
+	}
+	names := map[string]bool{}
+	for _, p := range m.Processes {
+		names[p.Name] = p.PID > 0 && p.PeakRSSBytes > 0
+	}
+	for _, n := range []string{"controller-1", "controller-2", "controller-3", "agent-1", "agent-2", "gateway", "versitygw (S3)"} {
+		if !names[n] {
+			t.Errorf("process %s not measured: %+v", n, m.Processes)
+		}
+	}
+	if m.PeakRSSBytes <= 0 || m.CPUSeconds <= 0 {
+		t.Errorf("cluster totals: peak RSS %v, CPU %v s", m.PeakRSSBytes, m.CPUSeconds)
+	}
+}
