@@ -625,20 +625,29 @@ func (p *Producer) send(batches []*pbatch) {
 	defer p.wg.Done()
 	entries := make([]*streamhousev1.ProduceBatch, 0, len(batches))
 	pending := make([]*pbatch, 0, len(batches))
+	var failed []batchOutcome
 	for _, b := range batches {
 		payload, err := batch.Encode(b.recs, batch.EncodeOptions{Codec: p.cfg.codec})
 		if err != nil {
-			p.finish(b, -1, fmt.Errorf("client: encode batch: %w", err))
+			failed = append(failed, batchOutcome{b, -1, fmt.Errorf("client: encode batch: %w", err)})
 			continue
 		}
 		entries = append(entries, &streamhousev1.ProduceBatch{Topic: p.topic, Partition: b.part.id, Batch: payload})
 		pending = append(pending, b)
 	}
+	p.finishAll(failed)
 	p.produceEntries(pending, entries)
 	p.mu.Lock()
 	p.requests--
 	p.dispatchLocked()
 	p.mu.Unlock()
+}
+
+// batchOutcome is one batch's result, for finishAll.
+type batchOutcome struct {
+	b    *pbatch
+	base int64
+	err  error
 }
 
 // produceEntries sends entries (the encoded batches) in one request and
@@ -655,6 +664,7 @@ func (p *Producer) produceEntries(batches []*pbatch, entries []*streamhousev1.Pr
 		var retryE []*streamhousev1.ProduceBatch
 		var hint time.Duration
 		var lastErr error
+		done := make([]batchOutcome, 0, len(batches))
 		for i, b := range batches {
 			entryErr := err
 			var res *streamhousev1.PartitionResult
@@ -663,7 +673,7 @@ func (p *Producer) produceEntries(batches []*pbatch, entries []*streamhousev1.Pr
 			}
 			if entryErr == nil {
 				base, cerr := p.checkCount(res, b)
-				p.finish(b, base, cerr)
+				done = append(done, batchOutcome{b, base, cerr})
 				continue
 			}
 			var kind outcome
@@ -678,23 +688,26 @@ func (p *Producer) produceEntries(batches []*pbatch, entries []*streamhousev1.Pr
 			}
 			switch kind {
 			case outcomeRejected:
-				p.finish(b, -1, fmt.Errorf("client: produce to %s/%d: %w", p.topic, b.part.id, entryErr))
+				done = append(done, batchOutcome{b, -1, fmt.Errorf("client: produce to %s/%d: %w", p.topic, b.part.id, entryErr)})
 			case outcomeUnknown:
-				p.finish(b, -1, &UnknownOutcomeError{Topic: p.topic, Partition: b.part.id, Records: len(b.recs), Err: entryErr})
+				done = append(done, batchOutcome{b, -1, &UnknownOutcomeError{Topic: p.topic, Partition: b.part.id, Records: len(b.recs), Err: entryErr}})
 			default:
 				retryB, retryE = append(retryB, b), append(retryE, entries[i])
 				hint, lastErr = max(hint, h), entryErr
 			}
 		}
+		p.finishAll(done)
 		if len(retryB) == 0 {
 			return
 		}
 		wait := max(p.cfg.backoff.delay(attempt), hint)
 		if time.Since(start)+wait > p.cfg.maxRetryDuration {
+			done = done[:0]
 			for _, b := range retryB {
-				p.finish(b, -1, fmt.Errorf("client: produce to %s/%d: giving up after %d attempts in %v: %w",
-					p.topic, b.part.id, attempt+1, time.Since(start).Round(time.Millisecond), lastErr))
+				done = append(done, batchOutcome{b, -1, fmt.Errorf("client: produce to %s/%d: giving up after %d attempts in %v: %w",
+					p.topic, b.part.id, attempt+1, time.Since(start).Round(time.Millisecond), lastErr)})
 			}
+			p.finishAll(done)
 			return
 		}
 		time.Sleep(wait)
@@ -726,28 +739,45 @@ func (p *Producer) checkCount(r *streamhousev1.PartitionResult, b *pbatch) (int6
 	return r.GetBaseOffset(), nil
 }
 
-// finish records b's outcome, frees its buffer space and its partition's
-// in-flight slot, and delivers the callbacks of the partition's finished
-// prefix of in-flight batches.
-func (p *Producer) finish(b *pbatch, base int64, err error) {
-	ps := b.part
+// finishAll records the outcomes, frees their buffer space and their
+// partitions' in-flight slots under one lock (a request may carry a
+// thousand batches: one lock and one wake-up of blocked Produce calls for
+// all), then delivers the callbacks of each partition's finished prefix of
+// in-flight batches.
+func (p *Producer) finishAll(outs []batchOutcome) {
+	if len(outs) == 0 {
+		return
+	}
 	p.mu.Lock()
-	b.finished, b.base, b.err = true, base, err
-	ps.sending--
-	p.buffered -= int64(b.bytes - batch.HeaderSize)
+	for _, o := range outs {
+		o.b.finished, o.b.base, o.b.err = true, o.base, o.err
+		o.b.part.sending--
+		p.buffered -= int64(o.b.bytes - batch.HeaderSize)
+		p.queueLocked(o.b.part)
+	}
 	close(p.spaceCh)
 	p.spaceCh = make(chan struct{})
-	p.pumpLocked(ps)
+	p.dispatchLocked()
 	p.mu.Unlock()
+	for _, o := range outs {
+		p.deliver(o.b.part)
+	}
+}
 
-	// Deliver the finished prefix of the partition's in-flight list, so that
-	// callbacks fire in send order even when requests complete out of order.
+// deliver runs the callbacks of ps's finished prefix of in-flight batches,
+// so that callbacks fire in send order even when requests complete out of
+// order.
+func (p *Producer) deliver(ps *partState) {
 	ps.deliverMu.Lock()
 	defer ps.deliverMu.Unlock()
 	p.mu.Lock()
 	n := 0
 	for n < len(ps.inflight) && ps.inflight[n].finished {
 		n++
+	}
+	if n == 0 {
+		p.mu.Unlock()
+		return
 	}
 	ready := make([]*pbatch, n)
 	copy(ready, ps.inflight[:n])
