@@ -37,8 +37,9 @@ Commands:
             load this includes time waiting in the producer's buffer), object-store
             PUTs (per flush, per GiB appended) and server RSS.
   consume   --mode cold (default): prefill a durable topic with --records records,
-            then read every partition from offset 0 with one reader per partition
-            over --consumers connections; durable acks mean the data is committed
+            then read every partition from offset 0 over --consumers connections
+            (--reader partition: an SDK Reader per partition; multi: one
+            MultiReader per connection); durable acks mean the data is committed
             and dropped from the WAL, so StreamHouse serves it from objects (range
             GETs). NATS: one ordered consumer per subject, DeliverAll.
             --mode hot: readers tail the topic while it is produced at --rate;
@@ -65,10 +66,11 @@ Commands:
                                            100 partitions, wal, keyless: p99, server CPU (+ NATS)
               produce-1k                   wal, 8 partitions, 1 KiB values, full load (+ NATS)
               consume-1000p                prefill --cold-records durable, keyed over
-                                           1,000 partitions; then ONE consumer connection
-                                           reads them all from 0 with one Reader per
-                                           partition                 (+ NATS: one connection,
-                                           an ordered consumer per subject)
+                                           1,000 partitions; then ONE consumer (one
+                                           connection, one SDK MultiReader: a single
+                                           FetchPartitions long-poll for all partitions)
+                                           reads them all from 0  (+ NATS: one connection,
+                                           one ordered consumer on <topic>.*, all subjects)
               idle-partitions       RSS of a fresh dev server with --idle-partitions
                                     idle partitions (needs --start)
             NATS runs every one of these with one subject per partition (keyed
@@ -218,6 +220,7 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.IntVar(&w.FetchBytes, "fetch-bytes", 4<<20, "max bytes per fetch (SDK MaxBytes)")
 	fs.DurationVar(&w.MaxWait, "max-wait", 500*time.Millisecond, "fetch long-poll wait when caught up (SDK MaxWait)")
 	fs.StringVar(&o.mode, "mode", "cold", "consume: cold (from offset 0, from objects) or hot (tailing)")
+	fs.StringVar(&w.Reader, "reader", readerPartition, "consume and e2e, StreamHouse side: partition (an SDK Reader per partition, one Fetch each) or multi (an SDK MultiReader per consumer connection, one FetchPartitions for all its partitions; NATS: one ordered consumer on <topic>.* instead of one per subject); the suite's consume-1000p always uses multi")
 
 	fs.BoolVar(&o.smoke, "smoke", false, "suite: tiny runs (1 round, ~1 s each) to check the harness works; figures are not meaningful")
 	fs.Int64Var(&o.coldRecords, "cold-records", 1_000_000, "suite: records to prefill for the cold consume")
@@ -328,6 +331,11 @@ func (o *options) validate() error {
 	case "none", "random":
 	default:
 		return fmt.Errorf("--keys must be none or random, got %q", o.w.KeyDist)
+	}
+	switch o.w.Reader {
+	case readerPartition, readerMulti:
+	default:
+		return fmt.Errorf("--reader must be %s or %s, got %q", readerPartition, readerMulti, o.w.Reader)
 	}
 	switch o.mode {
 	case "cold", "hot":

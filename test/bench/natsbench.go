@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -143,7 +144,7 @@ func (s *natsSender) close() error {
 }
 
 // consume runs one ordered consumer per subject, spread over w.Consumers
-// connections, until ctx ends (the runner cancels it once every record
+// connections (with w.Reader multi: one ordered consumer on <topic>.*), until ctx ends (the runner cancels it once every record
 // arrived).
 func (s *natsSystem) consume(ctx context.Context, topic string, w workload, fromEnd bool, ready func(), onRecord func(int, []byte)) error {
 	conns := make([]*nats.Conn, max(w.Consumers, 1))
@@ -168,6 +169,22 @@ func (s *natsSystem) consume(ctx context.Context, topic string, w workload, from
 	start := nats.DeliverAll()
 	if fromEnd {
 		start = nats.DeliverNew()
+	}
+	if w.Reader == readerMulti {
+		// One consumer for every partition, as a MultiReader is: NATS's
+		// way is one ordered consumer on the wildcard, the partition in
+		// each message's subject.
+		sub, err := jss[0].Subscribe(topic+".*", func(m *nats.Msg) {
+			p, _ := strconv.Atoi(m.Subject[strings.LastIndexByte(m.Subject, '.')+1:])
+			onRecord(p, m.Data)
+		}, nats.OrderedConsumer(), start)
+		if err != nil {
+			return fmt.Errorf("subscribe %s.*: %w", topic, err)
+		}
+		ready()
+		<-ctx.Done()
+		_ = sub.Unsubscribe()
+		return ctx.Err()
 	}
 	var subs []*nats.Subscription
 	for p := 0; p < w.Partitions; p++ {

@@ -107,6 +107,9 @@ func TestSmoke(t *testing.T) {
 	if natsErr == nil && len(rep.Comparisons) < 4 {
 		t.Errorf("comparisons: %+v", rep.Comparisons)
 	}
+	if c := rep.result("consume-1000p", "streamhouse"); c != nil && c.Median != nil && c.Median.RequestsByMethod["FetchPartitions"] <= 0 {
+		t.Errorf("consume-1000p did not read with FetchPartitions (one MultiReader): %v", c.Median.RequestsByMethod)
+	}
 	if p := rep.result("produce-keyed-1000p-wal", "streamhouse"); p != nil && p.Params["partitions"] != float64(100) {
 		t.Errorf("smoke mode runs the 1000p workloads on 100 partitions, got %v", p.Params["partitions"])
 	}

@@ -157,9 +157,12 @@ func (s *shSender) close() error {
 	return err
 }
 
-// consume reads every partition with one Reader each, spread over
-// w.Consumers client connections. From the start, each reader stops at the
-// high watermark it saw first; from the end, readers tail until ctx ends.
+// consume reads every partition over w.Consumers client connections: with
+// w.Reader "partition", one Reader (one Fetch long-poll) per partition; with
+// "multi", one MultiReader per connection over its share of the partitions
+// (one FetchPartitions long-poll for all of them). From the start, each
+// partition stops at the high watermark it had when the read began; from
+// the end, the readers tail until ctx ends.
 func (s *shSystem) consume(ctx context.Context, topic string, w workload, fromEnd bool, ready func(), onRecord func(int, []byte)) error {
 	resp, err := s.admin.Admin().DescribeTopic(ctx, connect.NewRequest(&v1.DescribeTopicRequest{Name: topic}))
 	if err != nil {
@@ -171,6 +174,9 @@ func (s *shSystem) consume(ctx context.Context, topic string, w workload, fromEn
 			return err
 		}
 		defer conns[i].Close()
+	}
+	if w.Reader == readerMulti {
+		return consumeMulti(ctx, topic, w, conns, resp.Msg.GetPartitions(), fromEnd, ready, onRecord)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(resp.Msg.GetPartitions()))
@@ -198,6 +204,71 @@ func (s *shSystem) consume(ctx context.Context, topic string, w workload, fromEn
 					onRecord(part, r.Value)
 				}
 				if !fromEnd && rd.Offset() >= end {
+					return
+				}
+			}
+		})
+	}
+	ready()
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// consumeMulti is consume with one MultiReader per connection; partition
+// i goes to connection i mod len(conns).
+func consumeMulti(ctx context.Context, topic string, w workload, conns []*client.Client, parts []*v1.PartitionInfo, fromEnd bool, ready func(), onRecord func(int, []byte)) error {
+	starts := make([]map[client.TopicPartition]int64, len(conns))
+	ends := map[client.TopicPartition]int64{}
+	for i, pi := range parts {
+		start, end := pi.GetStartOffset(), pi.GetHighWatermark()
+		if fromEnd {
+			start = end
+		}
+		if !fromEnd && start >= end {
+			continue
+		}
+		tp := client.TopicPartition{Topic: topic, Partition: pi.GetPartition()}
+		if starts[i%len(conns)] == nil {
+			starts[i%len(conns)] = map[client.TopicPartition]int64{}
+		}
+		starts[i%len(conns)][tp] = start
+		ends[tp] = end
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(conns))
+	for i, st := range starts {
+		if len(st) == 0 {
+			continue
+		}
+		rd := conns[i].NewMultiReader(st, client.MaxBytes(int32(w.FetchBytes)), client.MaxWait(w.MaxWait))
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				got, err := rd.Next(ctx)
+				if err != nil {
+					if ctx.Err() == nil {
+						errs[i] = err
+					}
+					return
+				}
+				for _, fp := range got {
+					if fp.Err != nil {
+						if ctx.Err() == nil {
+							errs[i] = fmt.Errorf("partition %d: %w", fp.Partition, fp.Err)
+						}
+						return
+					}
+					for _, r := range fp.Records {
+						onRecord(int(fp.Partition), r.Value)
+					}
+					tp := client.TopicPartition{Topic: fp.Topic, Partition: fp.Partition}
+					if off, _ := rd.Offset(tp); !fromEnd && off >= ends[tp] {
+						rd.Remove(tp) // read to where it was when the read began
+					}
+				}
+				if len(rd.Partitions()) == 0 {
 					return
 				}
 			}

@@ -147,9 +147,11 @@ func runRealShapes(ctx context.Context, e *env, r *runner, rep *Report, base wor
 	step(runRounds(ctx, e, r, rep, "produce-1k", "produce", big, true, nil))
 
 	// Keyed prefill, so every partition holds data (keyless records stick
-	// to one partition per 1 MiB batch and would fill only a few).
+	// to one partition per 1 MiB batch and would fill only a few). One
+	// consumer is one connection with one MultiReader: one FetchPartitions
+	// long-poll over all 1,000 partitions, as a Kafka consumer's Fetch.
 	c1k := kDurable
-	c1k.Consumers, c1k.Count = 1, cold
+	c1k.Consumers, c1k.Count, c1k.Reader = 1, cold, readerMulti
 	step(runRounds(ctx, e, r, rep, "consume-1000p", "consume-cold", c1k, true, nil))
 	return errors.Join(errs...)
 }

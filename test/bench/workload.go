@@ -31,7 +31,16 @@ type workload struct {
 	Rate        float64
 	FetchBytes  int
 	MaxWait     time.Duration
+	// Reader is how StreamHouse consumers read: readerPartition or
+	// readerMulti (NATS: always an ordered consumer per subject).
+	Reader string
 }
+
+// Reader kinds (--reader).
+const (
+	readerPartition = "partition" // a client.Reader per partition: one Fetch per partition per poll
+	readerMulti     = "multi"     // a client.MultiReader per connection: one FetchPartitions per poll
+)
 
 func (w workload) durability() string {
 	if w.Durable {
@@ -46,7 +55,7 @@ func (w workload) params() map[string]any {
 		"record_size": w.RecordSize, "keys": w.KeyDist, "key_space": w.KeySpace,
 		"durability": w.durability(), "batch_bytes": w.BatchBytes, "linger_ms": w.Linger.Milliseconds(),
 		"max_in_flight": w.MaxInFlight, "duration_s": w.Duration.Seconds(), "records": w.Count,
-		"rate": w.Rate, "fetch_bytes": w.FetchBytes,
+		"rate": w.Rate, "fetch_bytes": w.FetchBytes, "reader": w.Reader,
 	}
 }
 
