@@ -77,7 +77,8 @@ Commands:
             records go to subject murmur2(key) mod partitions, as the SDK picks
             partitions). --smoke shrinks them: 100 partitions for "1000p", 200
             for "10000p", 5,000 records/s for "20k", 20 producers on 20
-            partitions for many-producers, 20,000 records for the consumes.
+            partitions for many-producers, 0.5 s per timed run, 20,000 records
+            per full-load run (5,000 of 1 KiB) and per consume prefill.
             Every workload runs --rounds times, each system in turn per round;
             the table shows medians and the StreamHouse/NATS ratio, then the
             issue's targets with measured figures (p99 <= flush + 150 ms and 0
@@ -206,7 +207,7 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	w := &o.w
 	fs.IntVar(&w.Partitions, "partitions", 8, "partitions of the topic (NATS: subjects of the stream)")
 	fs.IntVar(&w.Producers, "producers", 4, "producers, each with its own connection and SDK Producer (NATS: connection and async publisher)")
-	fs.IntVar(&w.Consumers, "consumers", 4, "consumer connections; each partition gets one reader (NATS: one ordered consumer per subject)")
+	fs.IntVar(&w.Consumers, "consumers", 4, "consumer connections; each partition gets one reader (--reader multi: each connection one MultiReader) (NATS: one ordered consumer per subject)")
 	fs.IntVar(&w.RecordSize, "record-size", 100, "value size in bytes")
 	fs.StringVar(&w.KeyDist, "keys", "none", "key distribution: none (keyless, sticky partitioning) or random (uniform over --key-space keys, murmur2)")
 	fs.IntVar(&w.KeySpace, "key-space", 1024, "distinct keys with --keys random")
@@ -223,7 +224,7 @@ func newFlagSet(cmd string, o *options, stderr io.Writer) *flag.FlagSet {
 	fs.StringVar(&w.Reader, "reader", readerPartition, "consume and e2e, StreamHouse side: partition (an SDK Reader per partition, one Fetch each) or multi (an SDK MultiReader per consumer connection, one FetchPartitions for all its partitions; NATS: one ordered consumer on <topic>.* instead of one per subject); the suite's consume-1000p always uses multi")
 
 	fs.BoolVar(&o.smoke, "smoke", false, "suite: tiny runs (1 round, ~1 s each) to check the harness works; figures are not meaningful")
-	fs.Int64Var(&o.coldRecords, "cold-records", 1_000_000, "suite: records to prefill for the cold consume")
+	fs.Int64Var(&o.coldRecords, "cold-records", 1_000_000, "suite: records to prefill for the cold consumes (consume-cold-8p, consume-1000p)")
 	fs.Float64Var(&o.e2eRate, "e2e-rate", 50_000, "suite: offered load of the e2e latency run, records/s")
 	fs.IntVar(&o.idlePartitions, "idle-partitions", 10_000, "suite: partitions of the idle-partition RSS check (0 skips it; needs --start)")
 	fs.StringVar(&o.gobench, "gobench", "", "suite: a file of 'go test -bench' output to include in the JSON (go_benchmarks)")
