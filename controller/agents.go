@@ -175,12 +175,16 @@ func (c controllerService) Heartbeat(ctx context.Context, req *connect.Request[v
 		}
 		for _, name := range s.TopicNames() {
 			t := s.Topics[name]
+			var info *v1.TopicInfo // one per topic, shared by its leases (read-only)
 			for i, p := range t.Partitions {
 				if p.Holder != m.GetAgentId() || p.Incarnation != m.GetIncarnation() {
 					continue
 				}
+				if info == nil {
+					info = topicInfo(t)
+				}
 				out.Leases = append(out.Leases, &v1.Lease{
-					Topic: topicInfo(t), Partition: int32(i), Epoch: p.Epoch,
+					Topic: info, Partition: int32(i), Epoch: p.Epoch,
 					CommittedEndOffset: p.CommittedEnd, StartOffset: p.StartOffset,
 				})
 			}
