@@ -2,7 +2,9 @@ package guard
 
 import (
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"os"
 	"testing"
 	"time"
 )
@@ -30,7 +32,7 @@ func (s *simStore) admit(now time.Time) bool {
 // followed by a jittered backoff, as the guard's retries do) against a
 // store admitting storeRate PUT/s. It returns the accepted PUTs per second
 // and the fraction of PUTs answered SlowDown over the last half of the run.
-var debugSim = false
+var debugSim = os.Getenv("AIMD_DEBUG") != ""
 
 func simulateAIMD(t *testing.T, storeRate float64, service time.Duration, run time.Duration) (okRate, slowFrac float64) {
 	t.Helper()
@@ -38,7 +40,11 @@ func simulateAIMD(t *testing.T, storeRate float64, service time.Duration, run ti
 	start := time.Unix(1_700_000_000, 0)
 	clk := NewFakeClock(start)
 	b := newBucket(clk, cfg.Put.Rate, cfg.Put.Burst)
-	a := newAIMD(cfg.AIMD, b, clk, func(float64) {})
+	log := slog.New(slog.DiscardHandler)
+	if debugSim {
+		log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	a := newAIMD(cfg.AIMD, b, clk, log, func(float64) {})
 	store := &simStore{rate: storeRate, burst: max(1, storeRate/10), tokens: 1, last: start}
 	rng := rand.New(rand.NewPCG(1, 2))
 	var ok, slow int

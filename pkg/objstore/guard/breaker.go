@@ -2,6 +2,7 @@ package guard
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 )
@@ -47,7 +48,7 @@ const (
 type breaker struct {
 	cfg          Breaker
 	clk          Clock
-	onTransition func(from, to State)
+	onTransition func(from, to State, reason string)
 
 	mu          sync.Mutex
 	state       State
@@ -67,7 +68,7 @@ type windowSlot struct {
 
 const windowSlots = 10
 
-func newBreaker(cfg Breaker, clk Clock, onTransition func(from, to State)) *breaker {
+func newBreaker(cfg Breaker, clk Clock, onTransition func(from, to State, reason string)) *breaker {
 	return &breaker{cfg: cfg, clk: clk, onTransition: onTransition, slots: make([]windowSlot, windowSlots), changed: make(chan struct{})}
 }
 
@@ -76,7 +77,10 @@ func (b *breaker) notifyLocked() {
 	b.changed = make(chan struct{})
 }
 
-func (b *breaker) setLocked(to State, now time.Time) {
+// setLocked moves the breaker to state to, for reason (logged by the
+// guard), and tells onTransition. onTransition runs under b.mu: it must not
+// call the breaker.
+func (b *breaker) setLocked(to State, now time.Time, reason string) {
 	from := b.state
 	if from == to {
 		return
@@ -93,13 +97,13 @@ func (b *breaker) setLocked(to State, now time.Time) {
 		clear(b.slots)
 	}
 	b.notifyLocked()
-	b.onTransition(from, to)
+	b.onTransition(from, to, reason)
 }
 
 // refreshLocked moves an open breaker whose cool-down has passed to half-open.
 func (b *breaker) refreshLocked(now time.Time) {
 	if b.state == Open && now.Sub(b.openedAt) >= b.cfg.CoolDown {
-		b.setLocked(HalfOpen, now)
+		b.setLocked(HalfOpen, now, fmt.Sprintf("the %v cool-down passed; up to %d probes test the store", b.cfg.CoolDown, b.cfg.Probes))
 	}
 }
 
@@ -186,17 +190,19 @@ func (b *breaker) record(probe bool, o outcome) {
 		} else {
 			b.consecutive = 0
 		}
-		if o == outcomeFailure && b.tripLocked(now) {
-			b.setLocked(Open, now)
+		if o == outcomeFailure {
+			if why := b.tripLocked(now); why != "" {
+				b.setLocked(Open, now, why)
+			}
 		}
 	case HalfOpen:
 		if o == outcomeFailure {
-			b.setLocked(Open, now)
+			b.setLocked(Open, now, "a probe failed")
 			return
 		}
 		b.successes++
 		if b.successes >= b.cfg.CloseAfter {
-			b.setLocked(Closed, now)
+			b.setLocked(Closed, now, fmt.Sprintf("%d probes in a row succeeded", b.successes))
 		}
 	case Open:
 		// An attempt admitted before the breaker opened: its answer is old
@@ -215,10 +221,11 @@ func (b *breaker) slotLocked(now time.Time) *windowSlot {
 	return s
 }
 
-// tripLocked reports whether the failures seen call for opening.
-func (b *breaker) tripLocked(now time.Time) bool {
+// tripLocked says why the failures seen call for opening, or "" if they
+// do not.
+func (b *breaker) tripLocked(now time.Time) string {
 	if b.consecutive >= b.cfg.ConsecutiveFailures {
-		return true
+		return fmt.Sprintf("%d failures in a row", b.consecutive)
 	}
 	width := max(b.cfg.Window/windowSlots, time.Millisecond)
 	idx := now.UnixNano() / int64(width)
@@ -229,7 +236,23 @@ func (b *breaker) tripLocked(now time.Time) bool {
 			failures += s.failures
 		}
 	}
-	return total >= b.cfg.MinRequests && float64(failures) >= b.cfg.FailureRate*float64(total)
+	if total >= b.cfg.MinRequests && float64(failures) >= b.cfg.FailureRate*float64(total) {
+		return fmt.Sprintf("%d of %d attempts failed in the last %v", failures, total, b.cfg.Window)
+	}
+	return ""
+}
+
+// untilHalfOpen returns the state and, when open, how long until the
+// breaker lets probes through (0 otherwise).
+func (b *breaker) untilHalfOpen() (State, time.Duration) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := b.clk.Now()
+	b.refreshLocked(now)
+	if b.state != Open {
+		return b.state, 0
+	}
+	return Open, b.cfg.CoolDown - now.Sub(b.openedAt)
 }
 
 func (b *breaker) stats() (State, int64) {

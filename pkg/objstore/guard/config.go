@@ -1,6 +1,7 @@
 package guard
 
 import (
+	"log/slog"
 	"math"
 	"time"
 )
@@ -10,6 +11,10 @@ type Config struct {
 	// MetricsPrefix names the component in metric names, e.g.
 	// "streamhouse_agent". Default "streamhouse_agent".
 	MetricsPrefix string
+
+	// Logger receives the breaker's and AIMD's transitions (see New).
+	// Default slog.Default().
+	Logger *slog.Logger
 
 	// Put, Get, Delete and List are the token buckets of the operation
 	// classes (Head draws on List). Defaults: PUT 3000/s burst 300, GET
@@ -75,17 +80,22 @@ type Breaker struct {
 // AIMD configures additive-increase, multiplicative-decrease of the PUT
 // rate. On a throttling answer (503 SlowDown, 429) the rate becomes
 // max(MinRate, Decrease * min(rate, PUTs sent over the last second)), at most
-// once per Hold; after every Interval without one it grows by Step, up to
-// Config.Put.Rate, by smaller steps near the store's limit as last seen (see
-// aimd). With Decrease d the rate saws between d*N and N under a store that
-// accepts N PUT/s, so it averages about (1+d)/2 * N.
+// once per Hold, or Decrease times what the store accepted when it throttles
+// half the PUTs or more; after every Interval without one it grows again, up
+// to Config.Put.Rate, by smaller steps near the store's limit as last seen.
+// Throttling that is not a rate limit (an outage, which the breaker handles,
+// or random failures that go on at the same share whatever the rate) does
+// not lower the rate (see aimd). With Decrease d the rate saws between d*N
+// and N under a store that accepts N PUT/s, so it averages about
+// (1+d)/2 * N.
 type AIMD struct {
 	// Decrease multiplies the rate on throttling. Default 0.9 (the rate then
 	// saws between 0.9 and 1 times the store's limit); 1 disables AIMD.
 	Decrease float64
 	// MinRate is the floor. Default 1 PUT/s.
 	MinRate float64
-	// Step is the additive increase (PUT/s) per Interval. Default 1 % of
+	// Step caps each increase near the store's known limit (PUT/s per
+	// Interval; see aimd for the increases). Default 1 % of
 	// Config.Put.Rate.
 	Step float64
 	// Interval is the success window. Default 1s.
@@ -136,6 +146,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MetricsPrefix == "" {
 		c.MetricsPrefix = d.MetricsPrefix
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
 	}
 	for _, p := range []struct{ c, d *Limit }{{&c.Put, &d.Put}, {&c.Get, &d.Get}, {&c.Delete, &d.Delete}, {&c.List, &d.List}} {
 		or(&p.c.Rate, p.d.Rate)

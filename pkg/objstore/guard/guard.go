@@ -44,7 +44,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -99,6 +101,25 @@ type Store struct {
 	stateGauge *metrics.Gauge
 	rateGauge  *metrics.Gauge
 	prefix     string
+	log        *slog.Logger
+
+	puts putHealth
+	// lastFailure is the last retryable error of any operation (a string),
+	// for the breaker's log lines.
+	lastFailure atomic.Value
+	// outageStart is when the breaker last opened from closed; only the
+	// breaker's transition callback (under the breaker's lock) uses it.
+	outageStart time.Time
+}
+
+// putHealth tracks the outcome of recent PUT attempts, for Health.
+type putHealth struct {
+	mu       sync.Mutex
+	inFlight int       // PUT calls in progress (retries included)
+	streak   int       // retryable PUT failures since the last PUT that succeeded
+	lastErr  error     // the last of them
+	failedAt time.Time // when it came
+	retryAt  time.Time // when the latest PUT retry waiting for its backoff is due
 }
 
 var _ objstore.Store = (*Store)(nil)
@@ -118,6 +139,13 @@ type opMetrics struct {
 // New returns store behind a guard configured by cfg (zero fields take
 // their defaults) reading the time from clk (nil: RealClock).
 //
+// Logs, to cfg.Logger, once per transition (never per request): the
+// breaker opening (Warn, with the reason and the last error), opening
+// again after a failed probe and closing (Info); the PUT rate lowered from
+// its configured value because of throttling (Warn), back at it (Info), and
+// throttles read as random failures rather than a rate limit (Warn).
+// Individual rate changes are logged at Debug.
+//
 // Metrics, with prefix cfg.MetricsPrefix, in the process's
 // VictoriaMetrics/metrics registry:
 //
@@ -135,7 +163,7 @@ func New(store objstore.Store, cfg Config, clk Clock) *Store {
 		clk = RealClock()
 	}
 	cfg = cfg.withDefaults()
-	g := &Store{store: store, cfg: cfg, clk: clk, prefix: cfg.MetricsPrefix}
+	g := &Store{store: store, cfg: cfg, clk: clk, prefix: cfg.MetricsPrefix, log: cfg.Logger}
 	for op, l := range [numOps]Limit{cfg.Put, cfg.Get, cfg.Delete, cfg.List} {
 		g.buckets[op] = newBucket(clk, l.Rate, l.Burst)
 		name := Op(op).String()
@@ -150,15 +178,113 @@ func New(store objstore.Store, cfg Config, clk Clock) *Store {
 	g.stateGauge.Set(float64(Closed))
 	g.rateGauge = metrics.GetOrCreateGauge(g.prefix+"_s3_put_rate", nil)
 	g.rateGauge.Set(cfg.Put.Rate)
-	g.br = newBreaker(cfg.Breaker, clk, func(_, to State) {
+	g.br = newBreaker(cfg.Breaker, clk, func(from, to State, reason string) {
 		g.stateGauge.Set(float64(to))
-		if to == Closed {
-			g.aimd.forgetLimit()
-		}
 		metrics.GetOrCreateCounter(fmt.Sprintf(`%s_s3_breaker_transitions_total{to=%q}`, g.prefix, to)).Inc()
+		g.logTransition(from, to, reason)
+		if to == Closed {
+			g.aimd.recovered()
+		}
 	})
-	g.aimd = newAIMD(cfg.AIMD, g.buckets[OpPut], clk, g.rateGauge.Set)
+	g.aimd = newAIMD(cfg.AIMD, g.buckets[OpPut], clk, cfg.Logger, g.rateGauge.Set)
 	return g
+}
+
+// logTransition logs one breaker transition. It runs under the breaker's
+// lock, so transitions are logged in order and once each.
+func (g *Store) logTransition(from, to State, reason string) {
+	now := g.clk.Now()
+	last, _ := g.lastFailure.Load().(string)
+	switch {
+	case to == Open && from == Closed:
+		g.outageStart = now
+		g.log.Warn("object store failing: circuit breaker open; reads fail fast, uploads wait, durable writes are refused",
+			"state", to.String(), "reason", reason, "cool_down", g.cfg.Breaker.CoolDown, "last_error", last)
+	case to == Open:
+		g.log.Info("object store still failing: circuit breaker open again",
+			"state", to.String(), "reason", reason, "cool_down", g.cfg.Breaker.CoolDown,
+			"open_for", now.Sub(g.outageStart).Round(time.Millisecond), "last_error", last)
+	case to == Closed:
+		g.log.Info("object store recovered: circuit breaker closed",
+			"state", to.String(), "reason", reason, "outage", now.Sub(g.outageStart).Round(time.Millisecond))
+	default:
+		g.log.Debug("circuit breaker half-open", "state", to.String(), "reason", reason)
+	}
+}
+
+// Health is the guard's view of whether the store takes PUTs now: what a
+// caller needs to decide whether to accept work that must be uploaded soon
+// (the agent refuses acks=durable writes while Failing).
+type Health struct {
+	// State is the breaker's state.
+	State State
+	// Failing is true while the breaker is not closed, and while the most
+	// recent PUT attempt failed with a retryable error (throttling
+	// included) and no PUT has succeeded since, as long as a PUT call is
+	// still retrying or the failure is less than Retry.MaxDelay old (a
+	// failure nobody retries does not mark the store failing forever).
+	Failing bool
+	// Throttled is true while AIMD holds the PUT rate below the configured
+	// rate because of throttling.
+	Throttled bool
+	// RandomFailures is true while throttling answers are read as random
+	// failures rather than a rate limit (they do not lower the rate).
+	RandomFailures bool
+	// PutRate is the PUT rate AIMD allows now (per second).
+	PutRate float64
+	// RetryAfter is how long until the guard expects a new PUT to go
+	// through: the breaker's remaining cool-down while open, the backoff
+	// of the PUT retry now waiting while failing, plus the wait for a PUT
+	// token. 0 when a PUT could go at once.
+	RetryAfter time.Duration
+	// Reason says, for a person, why the store is failing; empty when it
+	// is not.
+	Reason string
+}
+
+// Health returns the guard's view of the store now. It is cheap (a few
+// mutexes, no I/O): callers may ask on every request.
+func (g *Store) Health() Health {
+	now := g.clk.Now()
+	state, untilProbe := g.br.untilHalfOpen()
+	limited, noise := g.aimd.state()
+	h := Health{State: state, Throttled: limited, RandomFailures: noise, PutRate: g.buckets[OpPut].currentRate()}
+	p := &g.puts
+	p.mu.Lock()
+	streak, lastErr, failedAt, retryAt, inFlight := p.streak, p.lastErr, p.failedAt, p.retryAt, p.inFlight
+	p.mu.Unlock()
+	wait := g.buckets[OpPut].tokenWait()
+	switch state {
+	case Open:
+		h.Failing = true
+		h.RetryAfter = untilProbe + wait
+		h.Reason = fmt.Sprintf("circuit breaker open: the object store is failing; probes in %v", untilProbe.Round(time.Millisecond))
+	case HalfOpen:
+		h.Failing = true
+		h.RetryAfter = wait
+		h.Reason = "circuit breaker half-open: probes are testing the object store"
+	default:
+		if streak > 0 && (inFlight > 0 || now.Sub(failedAt) < g.cfg.Retry.MaxDelay) {
+			h.Failing = true
+			h.RetryAfter = max(retryAt.Sub(now), 0) + wait
+			h.Reason = fmt.Sprintf("the last %d PUT attempts failed (last: %v)", streak, lastErr)
+		}
+	}
+	return h
+}
+
+// notePut records the outcome of one PUT attempt for Health.
+func (g *Store) notePut(cl class, err error) {
+	p := &g.puts
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch cl {
+	case classOK:
+		p.streak, p.lastErr = 0, nil
+	case classRetryable:
+		p.streak++
+		p.lastErr, p.failedAt = err, g.clk.Now()
+	}
 }
 
 // Unwrap returns the store the guard protects.
@@ -252,6 +378,16 @@ func (g *Store) do(ctx context.Context, op Op, key string, wait bool, attempt fu
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("%s %s: %w", op, key, err)
 	}
+	if op == OpPut {
+		g.puts.mu.Lock()
+		g.puts.inFlight++
+		g.puts.mu.Unlock()
+		defer func() {
+			g.puts.mu.Lock()
+			g.puts.inFlight--
+			g.puts.mu.Unlock()
+		}()
+	}
 	var last error
 	for n := 1; ; n++ {
 		probe, err := g.br.admit(ctx, wait)
@@ -281,6 +417,7 @@ func (g *Store) do(ctx context.Context, op Op, key string, wait bool, attempt fu
 		case classOK:
 			g.br.record(probe, outcomeSuccess)
 		case classRetryable:
+			g.lastFailure.Store(fmt.Sprintf("%s: %v", op, err))
 			g.br.record(probe, outcomeFailure)
 			c.failures.Add(1)
 		case classContext:
@@ -292,9 +429,13 @@ func (g *Store) do(ctx context.Context, op Op, key string, wait bool, attempt fu
 			g.m[op].throttled.Inc()
 		}
 		if op == OpPut {
-			if throttled {
+			g.notePut(cl, err)
+			switch {
+			case throttled && !probe && g.br.current() == Closed:
+				// Throttles while the breaker is not closed are part of an
+				// outage, not a rate limit (see aimd).
 				g.aimd.throttled()
-			} else if cl == classOK {
+			case cl == classOK:
 				g.aimd.succeeded()
 			}
 		}
@@ -312,6 +453,11 @@ func (g *Store) do(ctx context.Context, op Op, key string, wait bool, attempt fu
 		}
 		c.retries.Add(1)
 		g.m[op].retries.Inc()
+		if op == OpPut {
+			g.puts.mu.Lock()
+			g.puts.retryAt = g.clk.Now().Add(delay)
+			g.puts.mu.Unlock()
+		}
 		if err := g.clk.Sleep(ctx, delay); err != nil {
 			return joinLast(op, key, err, last)
 		}

@@ -575,49 +575,99 @@ func TestAIMD(t *testing.T) {
 	if r := g.Stats().PutRate; r != 50.5 {
 		t.Fatalf("rate after one SlowDown = %v, want 0.5*101", r)
 	}
+	if h := g.Health(); !h.Throttled || !h.Failing {
+		t.Fatalf("health after a SlowDown %+v, want throttled and failing", h)
+	}
 	_ = g.PutIfAbsent(ctx, "t2", nil) // within Hold: one congestion event
 	if r := g.Stats().PutRate; r != 50.5 {
 		t.Fatalf("rate after a second SlowDown within Hold = %v", r)
 	}
+	// Throttles with nothing accepted since the cut: the store is down,
+	// which is the breaker's business, not a rate limit.
 	for range 10 {
 		clk.Advance(200 * time.Millisecond)
 		_ = g.PutIfAbsent(ctx, "t3", nil)
 	}
+	if r := g.Stats().PutRate; r != 50.5 {
+		t.Fatalf("rate after SlowDowns with nothing accepted = %v, want 50.5 (no cut)", r)
+	}
+	// Throttled while the store accepts one PUT in two, at 2.5 accepted
+	// PUT/s: a rate limit. The rate falls to the floor.
+	for i := range 40 {
+		clk.Advance(200 * time.Millisecond)
+		throttle.Store(i%2 == 1)
+		_ = g.PutIfAbsent(ctx, key(100+i), nil)
+	}
 	if r := g.Stats().PutRate; r != 10 {
 		t.Fatalf("rate = %v, want the floor 10", r)
 	}
-	throttle.Store(false)
-	for i := range 4 {
-		clk.Advance(time.Second)
-		_ = g.PutIfAbsent(ctx, key(1000+i), nil)
-	}
-	// The store last throttled while 5 PUT/s were sent (one per 200 ms), so
-	// its limit looked like 5/s: probing from the floor of 10/s goes in
-	// steps of 5 % of that (0.25/s) until the rate passes 1.25 times the
-	// estimate, which it already has: the estimate is dropped and the
-	// configured step (5/s) applies.
-	if r := g.Stats().PutRate; r != 30 {
-		t.Fatalf("rate after 4 good intervals = %v, want 10+4*5", r)
-	}
 	// The PUT bucket really runs at the AIMD rate: its burst shrank with it
-	// (1000 * 30/1000 = 30 tokens), then each token takes 1/35 s (one more
-	// increase on the first success).
-	clk.Advance(10 * time.Second) // fill
-	for i := range 30 {
-		if err := g.PutIfAbsent(ctx, key(2000+i), nil); err != nil {
-			t.Fatal(err)
+	// (1000 * 10/1000 = 10 tokens at most), then each token takes 1/10 s.
+	throttle.Store(false)
+	var done <-chan error
+	for n := 0; ; n++ {
+		if n > 10 {
+			t.Fatal("more than 10 PUTs went without waiting: the burst did not shrink")
+		}
+		done = async(func() error { return g.PutIfAbsent(ctx, key(2000+n), nil) })
+		if doneOrWaiting(t, clk, &done) {
+			break
 		}
 	}
-	if clk.Pending() != 0 {
-		t.Fatal("waited within the burst")
-	}
-	done := async(func() error { return g.PutIfAbsent(ctx, "after-burst", nil) })
-	clk.BlockUntil(ctxT(t), 1)
-	if d, _ := clk.NextDue(); d < 25*time.Millisecond || d > 32*time.Millisecond {
-		t.Fatalf("next token in %v, want about 1/35 s", d)
+	if d, _ := clk.NextDue(); d < 85*time.Millisecond || d > 101*time.Millisecond {
+		t.Fatalf("next token in %v, want about 1/10 s", d)
 	}
 	if err := drive(t, clk, done); err != nil {
 		t.Fatal(err)
+	}
+	// The store stops throttling: the rate probes past the known limit,
+	// drops the estimate, then doubles (quadruples once quiet for 5 s)
+	// back to the configured 1000/s within seconds, not minutes.
+	last := g.Stats().PutRate
+	for i := range 300 {
+		clk.Advance(100 * time.Millisecond)
+		done := async(func() error { return g.PutIfAbsent(ctx, key(3000+i), nil) })
+		for doneOrWaiting(t, clk, &done) {
+			d, _ := clk.NextDue()
+			clk.Advance(max(d, 0))
+		}
+		r := g.Stats().PutRate
+		if r < last {
+			t.Fatalf("rate fell from %v to %v without a throttle", last, r)
+		}
+		last = r
+	}
+	if last != 1000 {
+		t.Fatalf("rate %v after 30 s without throttling, want back at 1000", last)
+	}
+	if h := g.Health(); h.Throttled || h.Failing {
+		t.Fatalf("health after recovering %+v", h)
+	}
+}
+
+// doneOrWaiting waits until the call behind *done has returned (it must
+// have succeeded) or waits on clk; it reports whether it waits. When it
+// returned, *done is nil.
+func doneOrWaiting(t *testing.T, clk *guard.FakeClock, done *<-chan error) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	waiting := make(chan bool, 1)
+	go func() { waiting <- clk.BlockUntil(ctx, 1) }()
+	select {
+	case err := <-*done:
+		cancel()
+		<-waiting
+		if err != nil {
+			t.Fatal(err)
+		}
+		*done = nil
+		return false
+	case ok := <-waiting:
+		if !ok {
+			t.Fatal("the call neither returned nor waited")
+		}
+		return true
 	}
 }
 
@@ -654,5 +704,80 @@ func TestFakeClockSleep(t *testing.T) {
 	}
 	if !clk.Now().Equal(epoch.Add(time.Minute)) {
 		t.Fatal(clk.Now())
+	}
+}
+
+// TestHealth: Health says Failing from the first failed PUT attempt (not
+// only once the breaker opens), with a RetryAfter of the retry's backoff,
+// then the breaker's remaining cool-down; a PUT that succeeds clears it.
+func TestHealth(t *testing.T) {
+	clk := guard.NewFakeClock(epoch)
+	f := newFake(t)
+	cfg := breakerConfig()
+	cfg.MetricsPrefix = "guard_test_health"
+	cfg.Retry = guard.Retry{MaxAttempts: 2, BaseDelay: 400 * time.Millisecond, MaxDelay: 400 * time.Millisecond}
+	cfg.Breaker.ConsecutiveFailures = 2
+	g := guard.New(f, cfg, clk)
+	ctx := t.Context()
+	if h := g.Health(); h.Failing || h.State != guard.Closed || h.RetryAfter != 0 {
+		t.Fatalf("fresh guard: %+v", h)
+	}
+	var down atomic.Bool
+	down.Store(true)
+	f.setFail(func(string) error {
+		if down.Load() {
+			return objstore.WithRetryAfter(errSlowDown, 300*time.Millisecond)
+		}
+		return nil
+	})
+	// The first attempt fails; the retry waits its backoff (at least the
+	// 300ms Retry-After): Failing, with that wait.
+	put := async(func() error { return g.PutIfAbsent(ctx, "a", []byte("v")) })
+	clk.BlockUntil(ctxT(t), 1)
+	h := g.Health()
+	d, _ := clk.NextDue()
+	if !h.Failing || h.State != guard.Closed || h.RetryAfter != d || h.Reason == "" {
+		t.Fatalf("retrying a failed PUT: %+v, want failing with RetryAfter %v", h, d)
+	}
+	// The retry fails too: the breaker (2 in a row) opens; RetryAfter is
+	// what is left of the cool-down.
+	if err := drive(t, clk, put); err == nil {
+		t.Fatal("put succeeded against a failing store")
+	}
+	if g.State() != guard.Open {
+		t.Fatalf("breaker %v after two failures", g.State())
+	}
+	clk.Advance(300 * time.Millisecond)
+	if h := g.Health(); !h.Failing || h.State != guard.Open || h.RetryAfter != 700*time.Millisecond {
+		t.Fatalf("breaker open: %+v, want RetryAfter 700ms", h)
+	}
+	// Half-open: failing still, until probes succeed.
+	clk.Advance(700 * time.Millisecond)
+	if h := g.Health(); !h.Failing || h.State != guard.HalfOpen {
+		t.Fatalf("after the cool-down: %+v", h)
+	}
+	down.Store(false)
+	for i := range 2 {
+		if err := g.PutIfAbsent(ctx, key(i), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if h := g.Health(); h.Failing || h.State != guard.Closed || h.RetryAfter != 0 {
+		t.Fatalf("after the store recovered: %+v", h)
+	}
+	// A failure nobody retries stops counting once Retry.MaxDelay passed.
+	// (The deadline, on the fake clock, leaves no time for a retry.)
+	down.Store(true)
+	dctx, cancel := context.WithDeadline(ctx, clk.Now().Add(10*time.Millisecond))
+	defer cancel()
+	if err := g.PutIfAbsent(dctx, "c", nil); err == nil {
+		t.Fatal("put succeeded against a failing store")
+	}
+	if !g.Health().Failing {
+		t.Fatal("not failing right after a failed PUT")
+	}
+	clk.Advance(400 * time.Millisecond)
+	if h := g.Health(); h.Failing {
+		t.Fatalf("a failure of 400ms ago that nobody retries still counts: %+v", h)
 	}
 }

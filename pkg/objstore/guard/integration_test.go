@@ -101,9 +101,9 @@ func TestIntegration30PercentSlowDown(t *testing.T) {
 	g := guard.New(s, guard.Config{
 		MetricsPrefix: "guard_it_30",
 		Retry:         guard.Retry{BaseDelay: 5 * time.Millisecond, MaxDelay: 200 * time.Millisecond, MaxAttempts: 20},
-		// Random 503s look like congestion to AIMD, which would cut the PUT
-		// rate to its floor (what the agent wants in a real storm: the WAL
-		// absorbs it); a floor of 50/s keeps this test short.
+		// Random 503s look like congestion to AIMD until its test tells
+		// them from a rate limit (seconds; see aimd), cutting the PUT rate
+		// meanwhile; a floor of 50/s keeps this test short.
 		AIMD: guard.AIMD{MinRate: 50},
 	}, nil)
 	if err := p.Set(faultproxy.Faults{SlowDown: 0.3}); err != nil {

@@ -58,6 +58,9 @@ func (b *bucket) setRate(r float64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.advanceLocked(b.clk.Now())
+	if r > b.rate {
+		b.limitedAt = time.Time{} // waits at the old rate say nothing about the new one
+	}
 	b.rate = r
 	b.tokens = min(b.tokens, b.burst())
 }
@@ -67,6 +70,20 @@ func (b *bucket) limitedSince(t time.Time) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return !b.limitedAt.Before(t)
+}
+
+// tokenWait is how long a caller arriving now would wait for a token.
+func (b *bucket) tokenWait() time.Duration {
+	if b.unlimited {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.advanceLocked(b.clk.Now())
+	if b.tokens >= 1 {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
 }
 
 func (b *bucket) currentRate() float64 {
