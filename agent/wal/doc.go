@@ -44,23 +44,42 @@
 //
 // Dir/index.db is a bbolt database:
 //
-//	meta/ckpt                      segment(8) offset(8): every frame before this
+//	meta/checkpoint                segment(8) offset(8): every frame before this
 //	                               WAL position is reflected in the index
-//	parts/<partition key>/entries  big-endian base offset(8) ->
-//	                               segment(8) position(8) length(4) end offset(8) max ts(8)
-//	parts/<partition key>/committed  end offset(8): data below is in the object store
-//	parts/<partition key>/forgot     segment(8) offset(8): frames of the partition
-//	                                 before this WAL position are ignored
+//	entries/<segment(8)>/<offset(8)>  length(4) base offset(8) end offset(8)
+//	                               max ts(8) partition key: the frame at that position
+//	committed/<partition key>      end offset(8): data below is in the object store
+//	forgot/<partition key>         segment(8) offset(8): frames of the partition
+//	                               before this WAL position are ignored
 //
-// where the partition key is uvarint(len(topic)) topic int32(partition).
+// where the partition key is uvarint(len(topic)) topic int32(partition) and
+// all integers are big endian. A transaction writes pages in proportion to
+// the records it changes, not to the partitions it touches: the indexer
+// appends new entries in WAL order at the right edge of the active segment's
+// bucket, and a committed or forgotten mark is one key among the marks of
+// all partitions. Entries below a committed mark or before a forgotten mark
+// are not deleted with the mark (that would touch a page per partition) but
+// with their segment's bucket once the segment file is deleted; recovery
+// skips them. An entry superseded by a newer frame of its offsets is deleted
+// when the newer one is indexed.
+//
 // A background indexer writes new entries and the checkpoint in one
 // transaction every Options.IndexInterval, so the index may lag the segment
 // files; recovery rescans the segments from the checkpoint.
 //
+// An index in the earlier layout (a parts/<partition key>/ bucket per
+// partition holding its committed and forgot marks and a nested entries
+// bucket keyed by base offset, and the checkpoint at meta/ckpt) is migrated
+// at Open, in one transaction, before recovery. A binary from before the
+// migration finds no checkpoint in the current layout and rebuilds its index
+// from every segment, as if index.db were missing.
+//
 // # Recovery
 //
-// Open loads the index, drops entries whose segment is gone or that lie past
-// the end of their file, then scans every segment from the checkpoint,
+// Open loads the index (migrating an earlier layout first), skips entries
+// below the committed and before the forgotten marks, drops the other
+// entries whose segment is gone or that lie past the end of their file (slog
+// WARN), then scans every segment from the checkpoint,
 // verifying each frame's CRC. In the last segment, and at the very end of any
 // segment (a frame that runs past the end of the file), a bad frame is a torn
 // tail: the file is truncated to the last good frame (slog WARN,

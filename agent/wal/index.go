@@ -1,25 +1,41 @@
 package wal
 
 import (
+	"cmp"
 	"encoding/binary"
 	"fmt"
+	"slices"
 
 	"go.etcd.io/bbolt"
 )
 
+// The index is laid out so that what a transaction writes is proportional to
+// what it changes, whatever the number of partitions (see the package
+// documentation): entries are keyed by WAL position, so the indexer appends
+// at the right edge of the active segment's bucket, and the per-partition
+// marks are flat keys sharing pages. The layout it replaced, a bucket per
+// partition with a nested entries bucket, dirtied at least one page per
+// partition touched: tens of MB per commit at 10,000 partitions.
 var (
 	bktMeta      = []byte("meta")
-	bktParts     = []byte("parts")
-	bktEntries   = []byte("entries")
-	keyCkpt      = []byte("ckpt")
-	keyCommitted = []byte("committed")
-	keyForgot    = []byte("forgot")
+	bktEntries   = []byte("entries")   // segment(8) -> bucket: offset(8) -> entry
+	bktCommitted = []byte("committed") // partition key -> committed end offset
+	bktForgot    = []byte("forgot")    // partition key -> forgotten mark
+	// keyCheckpoint is not the per-partition layout's "ckpt", so that a
+	// binary from before this layout finds no checkpoint in it and rescans
+	// every segment (as if index.db were missing) instead of trusting a
+	// checkpoint whose entries it cannot see.
+	keyCheckpoint = []byte("checkpoint")
 )
 
-const entryValueLen = 8 + 8 + 4 + 8 + 8
+// entryValueMin is the length of an entry value with an empty partition
+// key: frame length(4) base offset(8) end offset(8) max timestamp(8).
+const entryValueMin = 4 + 8 + 8 + 8
 
+// encodePartKey returns uvarint(len(topic)) topic int32(partition).
 func encodePartKey(k partKey) []byte {
-	b := binary.AppendUvarint(nil, uint64(len(k.topic)))
+	b := make([]byte, 0, binary.MaxVarintLen64+len(k.topic)+4)
+	b = binary.AppendUvarint(b, uint64(len(k.topic)))
 	b = append(b, k.topic...)
 	return binary.BigEndian.AppendUint32(b, uint32(k.partition))
 }
@@ -44,119 +60,143 @@ func decodePos(b []byte) (Pos, error) {
 	return Pos{Segment: binary.BigEndian.Uint64(b), Offset: int64(binary.BigEndian.Uint64(b[8:]))}, nil
 }
 
-func encodeEntryValue(e IndexEntry) []byte {
-	b := make([]byte, 0, entryValueLen)
-	b = binary.BigEndian.AppendUint64(b, e.Pos.Segment)
-	b = binary.BigEndian.AppendUint64(b, uint64(e.Pos.Offset))
+func u64Key(v uint64) []byte { return binary.BigEndian.AppendUint64(nil, v) }
+
+// encodeEntryValue encodes e for the key e.Pos.Offset in the bucket of
+// e.Pos.Segment; pk is e's encoded partition key.
+func encodeEntryValue(e IndexEntry, pk []byte) []byte {
+	b := make([]byte, 0, entryValueMin+len(pk))
 	b = binary.BigEndian.AppendUint32(b, uint32(e.Pos.Length))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.BaseOffset))
 	b = binary.BigEndian.AppendUint64(b, uint64(e.EndOffset))
-	return binary.BigEndian.AppendUint64(b, uint64(e.MaxTimestampMs))
+	b = binary.BigEndian.AppendUint64(b, uint64(e.MaxTimestampMs))
+	return append(b, pk...)
 }
 
-func decodeEntry(k partKey, key, v []byte) (IndexEntry, error) {
-	if len(key) != 8 || len(v) != entryValueLen {
-		return IndexEntry{}, fmt.Errorf("bad index entry (key %d bytes, value %d bytes)", len(key), len(v))
+// decodeEntry decodes the entry stored under offset key in the bucket of
+// segment seg.
+func decodeEntry(seg uint64, key, v []byte) (IndexEntry, error) {
+	if len(key) != 8 || len(v) < entryValueMin {
+		return IndexEntry{}, fmt.Errorf("segment %d: bad index entry (key %d bytes, value %d bytes)", seg, len(key), len(v))
+	}
+	k, err := decodePartKey(v[entryValueMin:])
+	if err != nil {
+		return IndexEntry{}, fmt.Errorf("segment %d offset %d: %w", seg, binary.BigEndian.Uint64(key), err)
 	}
 	return IndexEntry{
 		Topic:          k.topic,
 		Partition:      k.partition,
-		BaseOffset:     int64(binary.BigEndian.Uint64(key)),
-		Pos:            Pos{Segment: binary.BigEndian.Uint64(v), Offset: int64(binary.BigEndian.Uint64(v[8:])), Length: int32(binary.BigEndian.Uint32(v[16:]))},
-		EndOffset:      int64(binary.BigEndian.Uint64(v[20:])),
-		MaxTimestampMs: int64(binary.BigEndian.Uint64(v[28:])),
+		BaseOffset:     int64(binary.BigEndian.Uint64(v[4:])),
+		EndOffset:      int64(binary.BigEndian.Uint64(v[12:])),
+		MaxTimestampMs: int64(binary.BigEndian.Uint64(v[20:])),
+		Pos:            Pos{Segment: seg, Offset: int64(binary.BigEndian.Uint64(key)), Length: int32(binary.BigEndian.Uint32(v))},
 	}, nil
 }
 
-func offsetKey(off int64) []byte { return binary.BigEndian.AppendUint64(nil, uint64(off)) }
-
-func partBucket(tx *bbolt.Tx, k partKey) (*bbolt.Bucket, error) {
-	parts, err := tx.CreateBucketIfNotExists(bktParts)
-	if err != nil {
-		return nil, err
-	}
-	return parts.CreateBucketIfNotExists(encodePartKey(k))
+// indexTx is the index buckets within one write transaction, looked up once
+// per transaction rather than once per record.
+type indexTx struct {
+	entries, committed, forgot *bbolt.Bucket
+	seg                        *bbolt.Bucket // bucket of segment segSeq, if not nil
+	segSeq                     uint64
 }
 
-// persistEntry stores e, first deleting stored entries it supersedes (those
-// whose end offset is above its base offset), mirroring addLive.
-func persistEntry(tx *bbolt.Tx, e IndexEntry) error {
-	pb, err := partBucket(tx, partKey{e.Topic, e.Partition})
-	if err != nil {
-		return err
-	}
-	eb, err := pb.CreateBucketIfNotExists(bktEntries)
-	if err != nil {
-		return err
-	}
-	var stale [][]byte
-	c := eb.Cursor()
-	for k, v := c.Last(); k != nil; k, v = c.Prev() {
-		if len(v) == entryValueLen && int64(binary.BigEndian.Uint64(v[20:])) <= e.BaseOffset {
-			break
+// openIndexTx returns the index buckets of tx, creating the missing ones.
+func openIndexTx(tx *bbolt.Tx) (*indexTx, error) {
+	ix := &indexTx{}
+	for _, b := range []struct {
+		name []byte
+		dst  **bbolt.Bucket
+	}{{bktEntries, &ix.entries}, {bktCommitted, &ix.committed}, {bktForgot, &ix.forgot}} {
+		bk, err := tx.CreateBucketIfNotExists(b.name)
+		if err != nil {
+			return nil, fmt.Errorf("create bucket %s: %w", b.name, err)
 		}
-		stale = append(stale, append([]byte(nil), k...))
+		*b.dst = bk
 	}
-	for _, k := range stale {
-		if err := eb.Delete(k); err != nil {
-			return err
-		}
-	}
-	return eb.Put(offsetKey(e.BaseOffset), encodeEntryValue(e))
+	return ix, nil
 }
 
-// persistCommitted stores the committed mark and deletes entries below it.
-func persistCommitted(tx *bbolt.Tx, k partKey, end int64) error {
-	pb, err := partBucket(tx, k)
+// segBucket returns the entries bucket of segment seq, creating it if
+// create is set (else it returns nil if there is none).
+func (ix *indexTx) segBucket(seq uint64, create bool) (*bbolt.Bucket, error) {
+	if ix.seg != nil && ix.segSeq == seq {
+		return ix.seg, nil
+	}
+	b := ix.entries.Bucket(u64Key(seq))
+	if b == nil && create {
+		var err error
+		if b, err = ix.entries.CreateBucket(u64Key(seq)); err != nil {
+			return nil, fmt.Errorf("create bucket for segment %d: %w", seq, err)
+		}
+	}
+	if b == nil {
+		return nil, nil
+	}
+	// Entries are only ever added in WAL order, at the right edge of their
+	// segment's bucket: full pages are never split by a later insert.
+	b.FillPercent = 1.0
+	ix.seg, ix.segSeq = b, seq
+	return b, nil
+}
+
+// putEntry stores e under its position.
+func (ix *indexTx) putEntry(e IndexEntry) error {
+	b, err := ix.segBucket(e.Pos.Segment, true)
 	if err != nil {
 		return err
 	}
-	if err := pb.Put(keyCommitted, offsetKey(end)); err != nil {
+	return b.Put(u64Key(uint64(e.Pos.Offset)), encodeEntryValue(e, encodePartKey(partKey{e.Topic, e.Partition})))
+}
+
+// deleteEntry deletes the entry at pos, if stored.
+func (ix *indexTx) deleteEntry(pos Pos) error {
+	b, err := ix.segBucket(pos.Segment, false)
+	if err != nil || b == nil {
 		return err
 	}
-	eb := pb.Bucket(bktEntries)
-	if eb == nil {
+	return b.Delete(u64Key(uint64(pos.Offset)))
+}
+
+// deleteSegment deletes the entries of segment seq, if any are stored.
+func (ix *indexTx) deleteSegment(seq uint64) error {
+	if ix.seg != nil && ix.segSeq == seq {
+		ix.seg = nil
+	}
+	if ix.entries.Bucket(u64Key(seq)) == nil {
 		return nil
 	}
-	var drop [][]byte
-	c := eb.Cursor()
-	for key, v := c.First(); key != nil; key, v = c.Next() {
-		if len(v) == entryValueLen && int64(binary.BigEndian.Uint64(v[20:])) > end {
-			break
-		}
-		drop = append(drop, append([]byte(nil), key...))
-	}
-	for _, key := range drop {
-		if err := eb.Delete(key); err != nil {
-			return err
-		}
+	if err := ix.entries.DeleteBucket(u64Key(seq)); err != nil {
+		return fmt.Errorf("delete bucket of segment %d: %w", seq, err)
 	}
 	return nil
 }
 
-// persistForgot stores the forgotten mark and drops the partition's entries
-// and committed mark.
-func persistForgot(tx *bbolt.Tx, k partKey, mark Pos) error {
-	pb, err := partBucket(tx, k)
-	if err != nil {
+// putCommitted stores the partition's committed mark. Its entries stay
+// stored (recovery skips entries below the mark) until their segment is
+// deleted: deleting them here would dirty a page of every segment holding
+// one, for every partition of the flush.
+func (ix *indexTx) putCommitted(k partKey, end int64) error {
+	return ix.committed.Put(encodePartKey(k), u64Key(uint64(end)))
+}
+
+// putForgot stores the partition's forgotten mark and deletes its committed
+// mark. Its entries, all before the mark, stay stored (recovery skips them)
+// until their segments are deleted.
+func (ix *indexTx) putForgot(k partKey, mark Pos) error {
+	pk := encodePartKey(k)
+	if err := ix.committed.Delete(pk); err != nil {
 		return err
 	}
-	if pb.Bucket(bktEntries) != nil {
-		if err := pb.DeleteBucket(bktEntries); err != nil {
-			return err
-		}
-	}
-	if err := pb.Delete(keyCommitted); err != nil {
-		return err
-	}
-	return pb.Put(keyForgot, encodePos(mark))
+	return ix.forgot.Put(pk, encodePos(mark))
 }
 
 func putCheckpoint(tx *bbolt.Tx, p Pos) error {
 	mb, err := tx.CreateBucketIfNotExists(bktMeta)
 	if err != nil {
-		return err
+		return fmt.Errorf("create bucket %s: %w", bktMeta, err)
 	}
-	return mb.Put(keyCkpt, encodePos(p))
+	return mb.Put(keyCheckpoint, encodePos(p))
 }
 
 // storedPart is one partition as loaded from bbolt.
@@ -166,105 +206,136 @@ type storedPart struct {
 	hasCommitted bool
 	forgot       Pos
 	forgotBad    bool         // the forgotten mark was unreadable
-	entries      []IndexEntry // ascending base offset
+	entries      []IndexEntry // in WAL order; may include committed and forgotten ones
 }
 
-// loadIndex reads the checkpoint and all partitions. Undecodable records are
-// reported to bad and skipped (the scan from the checkpoint cannot restore
-// them, but their frames remain on disk).
+// loadIndex reads the checkpoint and all partitions (in no particular
+// order: recovery applies each partition's marks and entries on their own).
+// Undecodable records are reported to bad and skipped (the scan from the
+// checkpoint cannot restore them, but their frames remain on disk).
 func loadIndex(tx *bbolt.Tx, bad func(error)) (ckpt Pos, parts []*storedPart, err error) {
 	if mb := tx.Bucket(bktMeta); mb != nil {
-		if v := mb.Get(keyCkpt); v != nil {
+		if v := mb.Get(keyCheckpoint); v != nil {
 			if ckpt, err = decodePos(v); err != nil {
 				bad(fmt.Errorf("checkpoint: %w", err))
 				ckpt = Pos{}
 			}
 		}
 	}
-	pbs := tx.Bucket(bktParts)
-	if pbs == nil {
-		return ckpt, nil, nil
-	}
-	err = pbs.ForEachBucket(func(name []byte) error {
-		k, err := decodePartKey(name)
-		if err != nil {
-			bad(err)
-			return nil
+	byKey := make(map[partKey]*storedPart)
+	part := func(k partKey) *storedPart {
+		sp := byKey[k]
+		if sp == nil {
+			sp = &storedPart{key: k}
+			byKey[k] = sp
+			parts = append(parts, sp)
 		}
-		pb := pbs.Bucket(name)
-		sp := &storedPart{key: k}
-		if v := pb.Get(keyCommitted); v != nil {
+		return sp
+	}
+	if b := tx.Bucket(bktCommitted); b != nil {
+		if err := b.ForEach(func(key, v []byte) error {
+			k, err := decodePartKey(key)
+			if err != nil {
+				bad(fmt.Errorf("committed mark: %w", err))
+				return nil
+			}
 			if len(v) != 8 {
 				bad(fmt.Errorf("%s/%d: bad committed mark", k.topic, k.partition))
-			} else {
-				sp.committed, sp.hasCommitted = int64(binary.BigEndian.Uint64(v)), true
+				return nil
 			}
+			sp := part(k)
+			sp.committed, sp.hasCommitted = int64(binary.BigEndian.Uint64(v)), true
+			return nil
+		}); err != nil {
+			return ckpt, nil, err
 		}
-		if v := pb.Get(keyForgot); v != nil {
-			p, err := decodePos(v)
+	}
+	if b := tx.Bucket(bktForgot); b != nil {
+		if err := b.ForEach(func(key, v []byte) error {
+			k, err := decodePartKey(key)
 			if err != nil {
+				bad(fmt.Errorf("forgotten mark: %w", err))
+				return nil
+			}
+			sp := part(k)
+			if sp.forgot, err = decodePos(v); err != nil {
 				// recover forgets everything on disk rather than resurrect
 				// data the agent gave away.
 				bad(fmt.Errorf("%s/%d: forgotten mark: %w", k.topic, k.partition, err))
 				sp.forgotBad = true
 			}
-			sp.forgot = p
+			return nil
+		}); err != nil {
+			return ckpt, nil, err
 		}
-		if eb := pb.Bucket(bktEntries); eb != nil {
-			if err := eb.ForEach(func(key, v []byte) error {
-				e, err := decodeEntry(k, key, v)
-				if err != nil {
-					bad(fmt.Errorf("%s/%d: %w", k.topic, k.partition, err))
-					return nil
-				}
-				sp.entries = append(sp.entries, e)
+	}
+	eb := tx.Bucket(bktEntries)
+	if eb == nil {
+		return ckpt, parts, nil
+	}
+	// Segment buckets iterate in sequence order and their keys in offset
+	// order: entries come out in WAL order.
+	err = eb.ForEach(func(name, v []byte) error {
+		if v != nil || len(name) != 8 {
+			bad(fmt.Errorf("bad index segment record %x", name))
+			return nil
+		}
+		seq := binary.BigEndian.Uint64(name)
+		var last *storedPart
+		return eb.Bucket(name).ForEach(func(key, v []byte) error {
+			e, err := decodeEntry(seq, key, v)
+			if err != nil {
+				bad(err)
 				return nil
-			}); err != nil {
-				return err
 			}
-		}
-		parts = append(parts, sp)
-		return nil
+			if last == nil || last.key != (partKey{e.Topic, e.Partition}) {
+				last = part(partKey{e.Topic, e.Partition})
+			}
+			e.Topic = last.key.topic // share one string per partition
+			last.entries = append(last.entries, e)
+			return nil
+		})
 	})
 	return ckpt, parts, err
 }
 
 // rewriteIndex replaces the whole index with the in-memory state.
 func (w *WAL) rewriteIndex(tx *bbolt.Tx, ckpt Pos) error {
-	if tx.Bucket(bktParts) != nil {
-		if err := tx.DeleteBucket(bktParts); err != nil {
-			return err
+	for _, name := range [][]byte{bktEntries, bktCommitted, bktForgot} {
+		if tx.Bucket(name) != nil {
+			if err := tx.DeleteBucket(name); err != nil {
+				return fmt.Errorf("delete bucket %s: %w", name, err)
+			}
 		}
 	}
+	ix, err := openIndexTx(tx)
+	if err != nil {
+		return err
+	}
+	var entries []IndexEntry
 	for k, ps := range w.parts {
-		if len(ps.entries) == 0 && !ps.hasCommitted && ps.forgot == (Pos{}) {
-			continue
-		}
-		pb, err := partBucket(tx, k)
-		if err != nil {
-			return err
-		}
 		if ps.hasCommitted {
-			if err := pb.Put(keyCommitted, offsetKey(ps.committed)); err != nil {
+			if err := ix.putCommitted(k, ps.committed); err != nil {
 				return err
 			}
 		}
 		if ps.forgot != (Pos{}) {
-			if err := pb.Put(keyForgot, encodePos(ps.forgot)); err != nil {
+			if err := ix.forgot.Put(encodePartKey(k), encodePos(ps.forgot)); err != nil {
 				return err
 			}
 		}
-		if len(ps.entries) > 0 {
-			eb, err := pb.CreateBucket(bktEntries)
-			if err != nil {
-				return err
-			}
-			eb.FillPercent = 1.0 // appended in key order
-			for _, e := range ps.entries {
-				if err := eb.Put(offsetKey(e.BaseOffset), encodeEntryValue(e)); err != nil {
-					return err
-				}
-			}
+		entries = append(entries, ps.entries...)
+	}
+	// In WAL order, as the indexer adds them: every Put appends.
+	slices.SortFunc(entries, func(a, b IndexEntry) int {
+		if c := cmp.Compare(a.Pos.Segment, b.Pos.Segment); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Pos.Offset, b.Pos.Offset)
+	})
+	for _, e := range entries {
+		if err := ix.putEntry(e); err != nil {
+			return err
 		}
 	}
 	return putCheckpoint(tx, ckpt)

@@ -93,9 +93,16 @@ func (w *WAL) recover() error {
 	}
 	dropped := 0
 	for _, sp := range stored {
+		ps := w.parts[sp.key]
 		for _, e := range sp.entries {
 			if !e.Pos.less(ckpt) {
 				continue // the scan finds it again
+			}
+			if e.Pos.less(ps.forgot) || (ps.hasCommitted && e.EndOffset <= ps.committed) {
+				// The index keeps committed and forgotten entries until
+				// their segment is deleted, and a crash can come between
+				// deleting the file and the entries: not a lost frame.
+				continue
 			}
 			s := w.segs[e.Pos.Segment]
 			if s == nil || e.Pos.Length < frameHeaderLen || e.Pos.Offset < 0 || e.Pos.end().Offset > s.size {
@@ -124,6 +131,7 @@ func (w *WAL) recover() error {
 		_ = active.f.Close()
 		return fmt.Errorf("wal: persist recovered index: %w", err)
 	}
+	w.superseded = nil // the rewritten index holds only live entries
 	w.collectGarbage()
 	if w.unclean || len(scanned) > 0 || badRecords > 0 || dropped > 0 || w.truncated.Load() > 0 || w.quarantined.Load() > 0 {
 		// A clean Close removes the open marker and persists the index up

@@ -255,12 +255,17 @@ type WAL struct {
 	iovs       [][]byte   // writer scratch
 
 	// Index side. Lock order: dbMu, then mu.
-	dbMu          sync.Mutex
-	mu            sync.RWMutex
-	parts         map[partKey]*partState
-	segs          map[uint64]*segment
-	pendingIdx    []IndexEntry // indexed in memory, not yet in bbolt
-	ckpt          Pos          // every frame before it is indexed in memory
+	dbMu       sync.Mutex
+	mu         sync.RWMutex
+	parts      map[partKey]*partState
+	segs       map[uint64]*segment
+	pendingIdx []IndexEntry // indexed in memory, not yet in bbolt
+	// superseded are the positions of entries addLive dropped for a newer
+	// frame of their offsets, and deletedSegs the segments collectGarbage
+	// deleted: the next persistIndex deletes their entries from bbolt.
+	superseded    []Pos
+	deletedSegs   []uint64
+	ckpt          Pos // every frame before it is indexed in memory
 	persistedCkpt Pos
 	uncommitted   int64
 	skipPersist   atomic.Bool
@@ -277,10 +282,11 @@ type WAL struct {
 	unclean bool
 }
 
-// Open opens (creating if needed) the WAL in opts.Dir and recovers it: the
-// index is loaded, segments are scanned from the index checkpoint, torn tails
-// are truncated and corrupt sealed segments quarantined, and the result is
-// persisted. When Open returns, Entries and Partitions reflect exactly the
+// Open opens (creating if needed) the WAL in opts.Dir and recovers it: an
+// index in the earlier per-partition layout is migrated (one transaction,
+// logged at Info), the index is loaded, segments are scanned from the index
+// checkpoint, torn tails are truncated and corrupt sealed segments
+// quarantined, and the result is persisted. When Open returns, Entries and Partitions reflect exactly the
 // surviving frames above the committed and forgotten marks, and new appends go
 // to a fresh segment.
 func Open(opts Options) (*WAL, error) {
@@ -321,6 +327,10 @@ func Open(opts Options) (*WAL, error) {
 		return nil, fmt.Errorf("wal: open index %s: %w", filepath.Join(opts.Dir, "index.db"), err)
 	}
 	w.db = db
+	if err := migrateIndex(db, w.log); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
 	// The marker exists from Open to a clean Close: finding it means the
 	// last run stopped without closing (a crash), which the recovery metric
 	// reports even when the index was fully persisted before the crash.
@@ -581,6 +591,7 @@ func (w *WAL) addLive(ie IndexEntry) bool {
 	// entries it overlaps (the newest write of an offset wins).
 	for n := len(ps.entries); n > 0 && ps.entries[n-1].EndOffset > ie.BaseOffset; n-- {
 		w.uncommitted -= int64(ps.entries[n-1].Pos.Length)
+		w.superseded = append(w.superseded, ps.entries[n-1].Pos)
 		ps.entries = ps.entries[:n-1]
 	}
 	ps.entries = append(ps.entries, ie)
@@ -770,9 +781,13 @@ func (w *WAL) SetCommittedMany(marks []CommittedMark) error {
 		return nil
 	}
 	if err := w.db.Update(func(tx *bbolt.Tx) error {
+		ix, err := openIndexTx(tx)
+		if err != nil {
+			return err
+		}
 		for _, m := range todo {
-			if err := persistCommitted(tx, partKey{m.Topic, m.Partition}, m.End); err != nil {
-				return err
+			if err := ix.putCommitted(partKey{m.Topic, m.Partition}, m.End); err != nil {
+				return fmt.Errorf("%s/%d: %w", m.Topic, m.Partition, err)
 			}
 		}
 		return nil
@@ -818,7 +833,13 @@ func (w *WAL) Forget(topic string, partition int32) error {
 	}
 	w.pendingIdx = kept
 	w.mu.Unlock()
-	if err := w.db.Update(func(tx *bbolt.Tx) error { return persistForgot(tx, k, mark) }); err != nil {
+	if err := w.db.Update(func(tx *bbolt.Tx) error {
+		ix, err := openIndexTx(tx)
+		if err != nil {
+			return err
+		}
+		return ix.putForgot(k, mark)
+	}); err != nil {
 		return fmt.Errorf("wal: persist forgotten mark: %w", err)
 	}
 	w.collectGarbage()
@@ -845,6 +866,7 @@ func (w *WAL) collectGarbage() {
 		if ok {
 			delete(w.segs, seq)
 			del = append(del, s)
+			w.deletedSegs = append(w.deletedSegs, seq)
 		}
 	}
 	w.mu.Unlock()
@@ -901,7 +923,10 @@ func (w *WAL) indexerLoop() {
 }
 
 // persistIndex writes the entries indexed since the last call and the
-// checkpoint in one bbolt transaction.
+// checkpoint in one bbolt transaction, and deletes the entries of frames
+// superseded since and of deleted segments. The entries are appended at the
+// right edge of their segment's bucket, so the transaction writes about as
+// many pages as the entries fill, however many partitions they belong to.
 func (w *WAL) persistIndex() error {
 	if w.skipPersist.Load() {
 		return nil
@@ -909,8 +934,8 @@ func (w *WAL) persistIndex() error {
 	w.dbMu.Lock()
 	defer w.dbMu.Unlock()
 	w.mu.Lock()
-	ents := w.pendingIdx
-	w.pendingIdx = nil
+	ents, superseded, deletedSegs := w.pendingIdx, w.superseded, w.deletedSegs
+	w.pendingIdx, w.superseded, w.deletedSegs = nil, nil, nil
 	ckpt := w.ckpt
 	kept := ents[:0]
 	for _, e := range ents {
@@ -921,12 +946,28 @@ func (w *WAL) persistIndex() error {
 	}
 	ents = kept
 	w.mu.Unlock()
-	if len(ents) == 0 && ckpt == w.persistedCkpt {
+	if len(ents) == 0 && len(superseded) == 0 && len(deletedSegs) == 0 && ckpt == w.persistedCkpt {
 		return nil
 	}
 	err := w.db.Update(func(tx *bbolt.Tx) error {
+		ix, err := openIndexTx(tx)
+		if err != nil {
+			return err
+		}
 		for _, e := range ents {
-			if err := persistEntry(tx, e); err != nil {
+			if err := ix.putEntry(e); err != nil {
+				return fmt.Errorf("%s/%d at %d: %w", e.Topic, e.Partition, e.BaseOffset, err)
+			}
+		}
+		// Deletions after the puts: a frame superseded by one appended in
+		// the same interval is put above and must not survive it.
+		for _, p := range superseded {
+			if err := ix.deleteEntry(p); err != nil {
+				return fmt.Errorf("delete superseded entry at %d/%d: %w", p.Segment, p.Offset, err)
+			}
+		}
+		for _, seq := range deletedSegs {
+			if err := ix.deleteSegment(seq); err != nil {
 				return err
 			}
 		}
@@ -935,6 +976,8 @@ func (w *WAL) persistIndex() error {
 	if err != nil {
 		w.mu.Lock()
 		w.pendingIdx = append(ents, w.pendingIdx...)
+		w.superseded = append(superseded, w.superseded...)
+		w.deletedSegs = append(deletedSegs, w.deletedSegs...)
 		w.mu.Unlock()
 		return err
 	}
