@@ -140,6 +140,54 @@ func TestCommittedEntriesLeaveWithTheirSegment(t *testing.T) {
 	}
 }
 
+// A frame superseded by a shorter one stays superseded after the shorter
+// one is committed: its entry, whose end is above the committed mark, must
+// not come back on recovery.
+func TestSupersededEntryStaysDeletedAfterCommit(t *testing.T) {
+	for _, lag := range []bool{false, true} {
+		dir := t.TempDir()
+		w := openT(t, Options{Dir: dir, NoSync: true, IndexInterval: time.Hour})
+		wait := func(e Entry) {
+			if _, err := w.Append(e).Wait(ctxT(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wait(Entry{Topic: testTopic, Partition: 0, BaseOffset: 0, EndOffset: 10, Data: []byte("first write of 0-9")})
+		if err := w.persistIndex(); err != nil {
+			t.Fatal(err)
+		}
+		if lag {
+			w.skipPersist.Store(true)
+		}
+		wait(Entry{Topic: testTopic, Partition: 0, BaseOffset: 0, EndOffset: 6, Data: []byte("second write of 0-5")})
+		if err := w.persistIndex(); err != nil {
+			t.Fatal(err)
+		}
+		if err := w.SetCommitted(testTopic, 0, 6); err != nil {
+			t.Fatal(err)
+		}
+		want := PartitionState{Topic: testTopic, Partition: 0, FirstOffset: 6, EndOffset: 6, CommittedEnd: 6}
+		check := func(w *WAL) {
+			t.Helper()
+			if ps := w.Partitions(); len(ps) != 1 || ps[0] != want {
+				t.Fatalf("lag=%v: partitions %+v, want %+v", lag, ps, want)
+			}
+			if es := w.Entries(testTopic, 0, 0, 1<<40); len(es) != 0 {
+				t.Fatalf("lag=%v: entries %+v", lag, es)
+			}
+		}
+		check(w)
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		w2 := openT(t, Options{Dir: dir, NoSync: true})
+		check(w2)
+		if err := w2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // Entries of a forgotten partition stay in the index until their segment is
 // deleted; recovery ignores them even when it rescans every segment.
 func TestForgottenEntriesIgnoredOnRescan(t *testing.T) {

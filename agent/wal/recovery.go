@@ -102,6 +102,8 @@ func (w *WAL) recover() error {
 				// The index keeps committed and forgotten entries until
 				// their segment is deleted, and a crash can come between
 				// deleting the file and the entries: not a lost frame.
+				// addLive does not add it, but applies what it superseded.
+				w.addLive(e)
 				continue
 			}
 			s := w.segs[e.Pos.Segment]

@@ -583,16 +583,24 @@ func (w *WAL) indexGroup(g *group) {
 func (w *WAL) addLive(ie IndexEntry) bool {
 	k := partKey{ie.Topic, ie.Partition}
 	ps := w.part(k)
-	if ie.Pos.less(ps.forgot) || (ps.hasCommitted && ie.EndOffset <= ps.committed) {
+	if ie.Pos.less(ps.forgot) {
 		return false
 	}
 	ie.Topic = ps.key.topic // share one string per partition
 	// A frame whose base offset is below the partition's end supersedes the
-	// entries it overlaps (the newest write of an offset wins).
+	// entries it overlaps (the newest write of an offset wins), even when it
+	// is committed itself: recovery replays it after its committed mark is
+	// known, and it must drop what it dropped when it was first indexed.
 	for n := len(ps.entries); n > 0 && ps.entries[n-1].EndOffset > ie.BaseOffset; n-- {
 		w.uncommitted -= int64(ps.entries[n-1].Pos.Length)
 		w.superseded = append(w.superseded, ps.entries[n-1].Pos)
 		ps.entries = ps.entries[:n-1]
+	}
+	if ps.hasCommitted && ie.EndOffset <= ps.committed {
+		if ps.end > ie.BaseOffset {
+			ps.end = ie.EndOffset // what it superseded no longer counts
+		}
+		return false
 	}
 	ps.entries = append(ps.entries, ie)
 	ps.end = ie.EndOffset
