@@ -87,6 +87,13 @@ type Config struct {
 	WALBudget     int64
 	HighWatermark float64
 	LowWatermark  float64
+	// BackpressureMinDwell is the least time WAL backpressure stays on (or
+	// off) once it turned on (or off), so a crowd of retries arriving the
+	// moment writes are accepted again does not flap it; past halfway from
+	// HighWatermark to the budget it turns on regardless. Refusals for
+	// backpressure carry it as their Retry-After. Default 2s; 1ns
+	// effectively disables it.
+	BackpressureMinDwell time.Duration
 	// MaxInFlightBytes bounds the batch bytes of Append requests held at
 	// once, from admission to answer (a durable ack holds its request until
 	// the next flush is committed). Past it requests get ResourceExhausted
@@ -140,6 +147,12 @@ func (c *Config) setDefaults() error {
 	if c.LowWatermark == 0 {
 		c.LowWatermark = 0.6
 	}
+	if c.BackpressureMinDwell == 0 {
+		c.BackpressureMinDwell = 2 * time.Second
+	}
+	if c.BackpressureMinDwell < 0 {
+		return fmt.Errorf("agent: backpressure min dwell %v must not be negative", c.BackpressureMinDwell)
+	}
 	if c.MaxInFlightBytes == 0 {
 		c.MaxInFlightBytes = 128 << 20
 	}
@@ -162,6 +175,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
+	}
+	if c.Guard.Logger == nil {
+		c.Guard.Logger = c.Logger.With("component", "s3guard")
 	}
 	return nil
 }

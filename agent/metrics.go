@@ -10,12 +10,16 @@ import (
 // store requests are counted by objstore.Metered and the S3 guard as
 // streamhouse_agent_s3_*, the WAL's own by package wal as
 // streamhouse_agent_wal_*. Histograms have Prometheus le buckets, so
-// histogram_quantile works on them. Gauges set by backpressureLoop:
+// histogram_quantile works on them. Gauges set by backpressureLoop, and
+// refusals counted by shed (backpressure.go):
 //
-//	streamhouse_agent_wal_uncommitted_bytes   WAL bytes not yet uploaded and committed
-//	streamhouse_agent_wal_disk_bytes          bytes of WAL segment files on disk
-//	streamhouse_agent_wal_budget_bytes        the WAL's disk budget (--wal-budget)
-//	streamhouse_agent_backpressure            1 while writes are refused past the high watermark
+//	streamhouse_agent_wal_uncommitted_bytes          WAL bytes not yet uploaded and committed
+//	streamhouse_agent_wal_disk_bytes                 bytes of WAL segment files on disk
+//	streamhouse_agent_wal_budget_bytes               the WAL's disk budget (--wal-budget)
+//	streamhouse_agent_backpressure                   1 while writes are refused past the high watermark
+//	streamhouse_agent_store_failing                  1 while the S3 guard reports the store failing (durable writes refused)
+//	streamhouse_agent_writes_refused_total           writes refused by shed, for any reason
+//	streamhouse_agent_durable_writes_refused_total   acks=durable writes refused because the store fails or is throttled
 var (
 	appendRecords   = metrics.NewCounter("streamhouse_agent_append_records_total")
 	appendBytes     = metrics.NewCounter("streamhouse_agent_append_bytes_total")

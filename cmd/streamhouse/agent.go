@@ -11,6 +11,7 @@ import (
 	"connectrpc.com/connect"
 	"github.com/VictoriaMetrics/metrics"
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/streamhouse/streamhouse/agent"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
@@ -29,6 +30,21 @@ type agentConfig struct {
 	FlushInterval time.Duration
 	FlushBytes    int
 	Store         storeConfig
+	// BackpressureMinDwell is --backpressure-min-dwell (addDwellFlag).
+	BackpressureMinDwell time.Duration
+}
+
+// addDwellFlag registers --backpressure-min-dwell (agent and dev).
+func addDwellFlag(f *pflag.FlagSet, d *time.Duration) {
+	f.DurationVar(d, "backpressure-min-dwell", 2*time.Second, "least time WAL backpressure (429 past 80% of --wal-budget) stays on, or off, once it changed, so a crowd of retries does not flap it; writes refused for it are told to retry after it; past 90% of the budget it turns on regardless")
+}
+
+// validDwell checks --backpressure-min-dwell.
+func validDwell(d time.Duration) error {
+	if d <= 0 || d > time.Minute {
+		return fmt.Errorf("--backpressure-min-dwell %v must be positive and at most 1m", d)
+	}
+	return nil
 }
 
 func newAgentCommand() *cobra.Command {
@@ -50,7 +66,7 @@ once.`,
 			if len(splitList(cfg.Controllers)) == 0 && cfg.Gossip.Seeds == "" {
 				return usageError{errors.New("give --controllers (the controllers' API addresses) or --seeds (to find them through gossip)")}
 			}
-			if err := cfg.Store.validate(); err != nil {
+			if err := errors.Join(cfg.Store.validate(), validDwell(cfg.BackpressureMinDwell)); err != nil {
 				return usageError{err}
 			}
 			return runAgent(cmd.Context(), cfg)
@@ -66,6 +82,7 @@ once.`,
 	f.DurationVar(&cfg.FlushInterval, "flush-interval", 250*time.Millisecond, "longest time new records wait before they are uploaded")
 	f.IntVar(&cfg.FlushBytes, "flush-bytes", 16<<20, "upload early once this many bytes wait; also caps one object's size")
 	cfg.Store.addFlags(f)
+	addDwellFlag(f, &cfg.BackpressureMinDwell)
 	cfg.commonConfig.addFlags(f, "json")
 	annotateEnv(f)
 	return cmd
@@ -116,6 +133,7 @@ func runAgent(ctx context.Context, cfg agentConfig) error {
 			FlushInterval: cfg.FlushInterval, FlushBytes: cfg.FlushBytes, Logger: log,
 			Guard: cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
 			MaxInFlightBytes: cfg.Store.MaxInFlightBytes, DurableAckTimeout: cfg.Store.DurableAckTimeout,
+			BackpressureMinDwell: cfg.BackpressureMinDwell,
 		})
 		if err == nil {
 			break

@@ -32,6 +32,8 @@ type devConfig struct {
 	ShutdownTimeout time.Duration
 	Store           storeConfig
 	Groups          groupConfig
+	// BackpressureMinDwell is --backpressure-min-dwell (addDwellFlag).
+	BackpressureMinDwell time.Duration
 	// TraceSampleRatio is --trace-sample-ratio (see tracing.go).
 	TraceSampleRatio float64
 }
@@ -50,7 +52,7 @@ func (c *devConfig) validate() error {
 	if c.LeaseDuration < 3*time.Second {
 		errs = append(errs, fmt.Errorf("--lease-duration %v is below the 3s minimum", c.LeaseDuration))
 	}
-	errs = append(errs, c.Store.validate())
+	errs = append(errs, c.Store.validate(), validDwell(c.BackpressureMinDwell))
 	return errors.Join(errs...)
 }
 
@@ -91,6 +93,7 @@ shuts down cleanly: the agent uploads and commits what its WAL holds first.`,
 	f.DurationVar(&cfg.LeaseDuration, "lease-duration", 10*time.Second, "how long a partition lease lasts without renewal")
 	f.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 30*time.Second, "how long a clean shutdown may take to upload what the WAL holds")
 	cfg.Store.addFlags(f)
+	addDwellFlag(f, &cfg.BackpressureMinDwell)
 	cfg.Groups.addFlags(f)
 	addTraceFlags(f, &cfg.TraceSampleRatio, devTraceSampleRatio)
 	annotateEnv(f)
@@ -161,6 +164,7 @@ func runDev(ctx context.Context, cfg devConfig) error {
 		Logger: log,
 		Guard:  cfg.Store.guardConfig(), WALBudget: cfg.Store.WALBudget, NoGuard: cfg.Store.NoGuard,
 		MaxInFlightBytes: cfg.Store.MaxInFlightBytes, DurableAckTimeout: cfg.Store.DurableAckTimeout,
+		BackpressureMinDwell: cfg.BackpressureMinDwell,
 	})
 	if err != nil {
 		return fmt.Errorf("start agent: %w", err)
