@@ -15,6 +15,7 @@
 package loadgen
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -53,9 +54,18 @@ type Config struct {
 	// from 0). It must be unique across the history for the checker to
 	// identify records. Default: fmt.Sprintf("p%d-%07d", id, seq).
 	Value func(id, seq int) []byte
+	// Pad appends Pad bytes to every value sent, after Value's: for loads
+	// measured in bytes, whose history should not hold every byte sent.
+	// The history (and the default key) use the value without them, so a
+	// reader strips the last Pad bytes of each value before checking.
+	Pad int
 	// Keyless sends records without a key (sticky partitioning). Default:
 	// the key is the value, so a record's partition follows from its value.
 	Keyless bool
+	// Key, when set (and Keyless is not), returns the key of producer id's
+	// seq-th record instead of its value: for loads whose keys repeat, as
+	// real keys do. Called from producer id's goroutine only.
+	Key func(id, seq int) []byte
 	// Rate is the records per second of each producer, sent in bursts of
 	// Rate*Tick records every Tick. Zero: as fast as the producer accepts
 	// them (Produce blocks while its buffer is full).
@@ -97,6 +107,8 @@ type Load struct {
 	stop chan struct{}
 	done chan struct{} // closed when every producer goroutine has returned
 
+	pad []byte // Config.Pad bytes appended to every value
+
 	acked, failed atomic.Int64
 	perProducer   []atomic.Int64 // acked records by producer index
 
@@ -128,8 +140,8 @@ func Start(ctx context.Context, clients []*client.Client, cfg Config) (*Load, er
 	if cfg.Tick <= 0 {
 		cfg.Tick = DefaultTick
 	}
-	if cfg.Rate < 0 || cfg.Records < 0 {
-		return nil, fmt.Errorf("loadgen: negative rate %d or record count %d", cfg.Rate, cfg.Records)
+	if cfg.Rate < 0 || cfg.Records < 0 || cfg.Pad < 0 {
+		return nil, fmt.Errorf("loadgen: negative rate %d, record count %d or pad %d", cfg.Rate, cfg.Records, cfg.Pad)
 	}
 	if cfg.Value == nil {
 		cfg.Value = func(id, seq int) []byte { return fmt.Appendf(nil, "p%d-%07d", id, seq) }
@@ -150,7 +162,7 @@ func Start(ctx context.Context, clients []*client.Client, cfg Config) (*Load, er
 		prods = append(prods, p)
 	}
 	l := &Load{cfg: cfg, ctx: ctx, stop: make(chan struct{}), done: make(chan struct{}),
-		perProducer: make([]atomic.Int64, cfg.Producers)}
+		perProducer: make([]atomic.Int64, cfg.Producers), pad: bytes.Repeat([]byte{'.'}, cfg.Pad)}
 	if !cfg.CountOnly {
 		l.h = checker.NewHistory()
 	}
@@ -204,7 +216,14 @@ func (l *Load) run(i int, p *client.Producer) {
 func (l *Load) produce(i, id, seq int, p *client.Producer) {
 	v := l.cfg.Value(id, seq)
 	rec := client.Record{Value: v}
-	if !l.cfg.Keyless {
+	if l.cfg.Pad > 0 {
+		rec.Value = append(append(make([]byte, 0, len(v)+l.cfg.Pad), v...), l.pad...)
+	}
+	switch {
+	case l.cfg.Keyless:
+	case l.cfg.Key != nil:
+		rec.Key = l.cfg.Key(id, seq)
+	default:
 		rec.Key = v
 	}
 	l.callbacks.Add(1)

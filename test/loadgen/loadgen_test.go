@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/pkg/client"
+	"github.com/streamhouse/streamhouse/pkg/partition"
 	"github.com/streamhouse/streamhouse/test/checker"
 	"github.com/streamhouse/streamhouse/test/devproc"
 	"github.com/streamhouse/streamhouse/test/loadgen"
@@ -147,5 +149,47 @@ func TestStartFails(t *testing.T) {
 	}
 	if l.History() != nil {
 		t.Error("CountOnly load kept a history")
+	}
+}
+
+// TestKeyAndPad: Config.Key gives each record its key (keys that repeat
+// land in their key's partition) and Config.Pad lengthens the values sent,
+// while the history knows them by the value without the padding.
+func TestKeyAndPad(t *testing.T) {
+	sdk, _ := dev(t, "k")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const pad = 100
+	key := func(id, seq int) []byte { return fmt.Appendf(nil, "key-%d", seq%5) }
+	l := loadgen.StartT(t, ctx, []*client.Client{sdk}, loadgen.Config{Topic: "k", Records: 200, Key: key, Pad: pad})
+	if err := l.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	var reads []checker.Read
+	for part := range int32(4) {
+		r := sdk.NewReader("k", part, 0, client.MaxWait(0))
+		for r.Offset() < 0 || r.HighWatermark() < 0 || r.Offset() < r.HighWatermark() {
+			recs, err := r.Next(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, rec := range recs {
+				if want := partition.ForKey(rec.Key, 4); !strings.HasPrefix(string(rec.Key), "key-") || want != part {
+					t.Fatalf("record with key %q in partition %d, want a key-N key in partition %d", rec.Key, part, want)
+				}
+				v, ok := strings.CutSuffix(string(rec.Value), strings.Repeat(".", pad))
+				if !ok {
+					t.Fatalf("value %q is not padded with %d bytes", rec.Value, pad)
+				}
+				reads = append(reads, checker.Read{Partition: part, Offset: rec.Offset, Value: v})
+			}
+		}
+	}
+	res := l.History().Check(reads)
+	if err := res.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if res.Acked != 200 || res.Read != 200 {
+		t.Fatalf("acked %d, read %d; want 200 each", res.Acked, res.Read)
 	}
 }
