@@ -69,7 +69,7 @@ func (a *Agent) admit(n int) (release func(), err error) {
 
 // retryAfterLocked estimates how long until the bytes now held have
 // drained, from the release rate over the last second or so; between 1 s
-// (Retry-After's resolution) and 10 s.
+// (Retry-After's resolution) and 5 s.
 func (f *inflight) retryAfterLocked(now time.Time) time.Duration {
 	if el := now.Sub(f.rateAt); el >= time.Second || f.rateAt.IsZero() {
 		if !f.rateAt.IsZero() {
@@ -77,9 +77,12 @@ func (f *inflight) retryAfterLocked(now time.Time) time.Duration {
 		}
 		f.rateAt, f.relAt = now, f.released
 	}
-	wait := 10 * time.Second
+	// Releases come in bursts (durable acks at each flush): a window
+	// without one gives the minimum, not the maximum, or clients would sit
+	// idle long after the load has gone.
+	wait := time.Second
 	if f.rate > 0 {
 		wait = time.Duration(float64(f.held) / f.rate * float64(time.Second))
 	}
-	return min(max(wait, time.Second), 10*time.Second)
+	return min(max(wait, time.Second), 5*time.Second)
 }

@@ -160,7 +160,8 @@ func (g *Gateway) Handler() http.Handler {
 	opts := append(slices.Clone(g.cfg.HandlerOptions), connect.WithReadMaxBytes(ReadMaxBytes), connect.WithInterceptors(metricsInterceptor()), withStrictJSON())
 	mux := http.NewServeMux()
 	mux.Handle(streamhousev1connect.NewAdminServiceHandler(adminService{g}, opts...))
-	mux.Handle(streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...))
+	producepath, produceHandler := streamhousev1connect.NewProduceServiceHandler(produceService{g}, opts...)
+	mux.Handle(producepath, g.admitBodies(produceHandler))
 	mux.Handle(streamhousev1connect.NewConsumeServiceHandler(consumeService{g}, opts...))
 	if g.cfg.Groups != nil {
 		mux.Handle(streamhousev1connect.NewGroupServiceHandler(groupService{g}, opts...))

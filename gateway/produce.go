@@ -51,7 +51,7 @@ func (s produceService) Produce(ctx context.Context, req *connect.Request[v1.Pro
 	default:
 		return nil, invalid("unknown acks %d; use ACKS_DURABLE, ACKS_WAL or leave it unset for the topic's durability", m.GetAcks())
 	}
-	release, err := g.admit(requestBytes(m))
+	release, err := g.admitDecoded(ctx, requestBytes(m))
 	if err != nil {
 		return nil, err
 	}
