@@ -136,11 +136,14 @@ func retryAfter(d time.Duration) time.Duration {
 //     minimum dwell, or the object store's expected recovery if that is
 //     later, since the WAL drains only through uploads;
 //   - acks=durable writes while the object store is failing, as soon as
-//     the guard sees it (the last PUT attempt failed, or the breaker is not
-//     closed), not only once the breaker opens: such a write could not be
+//     the guard sees it (the last PUT attempt failed, or the breaker is
+//     open), not only once the breaker opens: such a write could not be
 //     committed within DurableAckTimeout. Retry-After is the guard's
 //     expected recovery (the breaker's remaining cool-down, the backoff of
-//     the upload retry under way, the wait for a PUT token);
+//     the upload retry under way, the wait for a PUT token). While the
+//     breaker is half-open durable writes are taken: their uploads are
+//     the probes that close it (an admitted one is answered by
+//     DurableAckTimeout at the latest);
 //   - acks=durable writes while the guard holds the PUT rate so low that
 //     the uploads the WAL already waits for would take longer than
 //     DurableAckTimeout.

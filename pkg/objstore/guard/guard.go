@@ -218,11 +218,13 @@ func (g *Store) logTransition(from, to State, reason string) {
 type Health struct {
 	// State is the breaker's state.
 	State State
-	// Failing is true while the breaker is not closed, and while the most
-	// recent PUT attempt failed with a retryable error (throttling
-	// included) and no PUT has succeeded since, as long as a PUT call is
-	// still retrying or the failure is less than Retry.MaxDelay old (a
-	// failure nobody retries does not mark the store failing forever).
+	// Failing is true while the breaker is open, and while the most recent
+	// PUT attempt failed with a retryable error (throttling included) and
+	// no PUT has succeeded since, as long as a PUT call is still retrying
+	// or the failure is less than Retry.MaxDelay old (a failure nobody
+	// retries does not mark the store failing forever). A half-open
+	// breaker is not failing by itself: callers that hold work back while
+	// Failing must let some through then, or no probe would ever close it.
 	Failing bool
 	// Throttled is true while AIMD holds the PUT rate below the configured
 	// rate because of throttling.
@@ -254,21 +256,15 @@ func (g *Store) Health() Health {
 	streak, lastErr, failedAt, retryAt, inFlight := p.streak, p.lastErr, p.failedAt, p.retryAt, p.inFlight
 	p.mu.Unlock()
 	wait := g.buckets[OpPut].tokenWait()
-	switch state {
-	case Open:
+	switch {
+	case state == Open:
 		h.Failing = true
 		h.RetryAfter = untilProbe + wait
 		h.Reason = fmt.Sprintf("circuit breaker open: the object store is failing; probes in %v", untilProbe.Round(time.Millisecond))
-	case HalfOpen:
+	case streak > 0 && (inFlight > 0 || now.Sub(failedAt) < g.cfg.Retry.MaxDelay):
 		h.Failing = true
-		h.RetryAfter = wait
-		h.Reason = "circuit breaker half-open: probes are testing the object store"
-	default:
-		if streak > 0 && (inFlight > 0 || now.Sub(failedAt) < g.cfg.Retry.MaxDelay) {
-			h.Failing = true
-			h.RetryAfter = max(retryAt.Sub(now), 0) + wait
-			h.Reason = fmt.Sprintf("the last %d PUT attempts failed (last: %v)", streak, lastErr)
-		}
+		h.RetryAfter = max(retryAt.Sub(now), 0) + wait
+		h.Reason = fmt.Sprintf("the last %d PUT attempts failed (last: %v)", streak, lastErr)
 	}
 	return h
 }

@@ -709,7 +709,8 @@ func TestFakeClockSleep(t *testing.T) {
 
 // TestHealth: Health says Failing from the first failed PUT attempt (not
 // only once the breaker opens), with a RetryAfter of the retry's backoff,
-// then the breaker's remaining cool-down; a PUT that succeeds clears it.
+// then the breaker's remaining cool-down; not when half-open by itself; a
+// PUT that succeeds clears it.
 func TestHealth(t *testing.T) {
 	clk := guard.NewFakeClock(epoch)
 	f := newFake(t)
@@ -751,9 +752,10 @@ func TestHealth(t *testing.T) {
 	if h := g.Health(); !h.Failing || h.State != guard.Open || h.RetryAfter != 700*time.Millisecond {
 		t.Fatalf("breaker open: %+v, want RetryAfter 700ms", h)
 	}
-	// Half-open: failing still, until probes succeed.
+	// Half-open: not failing by itself (work must come, or no probe
+	// would close the breaker); the last failure is older than MaxDelay.
 	clk.Advance(700 * time.Millisecond)
-	if h := g.Health(); !h.Failing || h.State != guard.HalfOpen {
+	if h := g.Health(); h.Failing || h.State != guard.HalfOpen {
 		t.Fatalf("after the cool-down: %+v", h)
 	}
 	down.Store(false)
