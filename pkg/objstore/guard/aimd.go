@@ -55,7 +55,8 @@ import (
 // # Increases
 //
 // The starting rate of a cut is remembered as the store's limit (ceiling).
-// Below it the rate closes half the gap each Interval. Past it the first
+// Below it the rate grows by 5 % of it each Interval (half the gap when
+// below 80 % of it). Past it the first
 // increase (5 % of the limit, however small) waits for probeSuccesses
 // successes in a row, so a store admitting a few PUTs per second sees a
 // SlowDown only every few dozen PUTs (the simulation in aimd_sim_test.go
@@ -476,10 +477,13 @@ func (a *aimd) succeeded() {
 	why := "no throttling for an interval"
 	switch {
 	case a.ceiling > 0 && cur < a.ceiling:
-		// Below the known limit: close half the gap (at least 5 % of the
-		// limit) each Interval, quickly back near it without overshooting.
-		step = max(a.ceiling*0.05, (a.ceiling-cur)/2)
-		step = min(step, max(a.cfg.Step, (a.ceiling-cur)/2))
+		// Below the known limit: 5 % of it each Interval near it (where
+		// a cut of Decrease lands), as past it; far below it (after a cut
+		// from the accepted rate, or at the floor) half the gap.
+		step = min(a.cfg.Step, a.ceiling*0.05)
+		if cur < 0.8*a.ceiling {
+			step = max(step, (a.ceiling-cur)/2)
+		}
 	case a.ceiling > 0:
 		// Past the known limit, an increase also needs enough successes to
 		// be evidence: at a few PUTs per second one Interval holds only a
