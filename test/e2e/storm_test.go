@@ -39,9 +39,13 @@ func stormPhase() time.Duration {
 // TestS3Storm: producers write steadily to a wal and a durable topic while
 // the object store answers 100% 503 SlowDown for a phase, then 30% for a
 // phase, then recovers. No acknowledged record may be lost or duplicated;
-// producers only ever see 429 (retried), never a timeout or an internal
-// error; after the store recovers, throughput is back to its pre-storm
-// level within 10 s.
+// wal producers only ever see 429 (retried), never an error; durable
+// producers see 429s too, and the durable writes in flight when uploads
+// start failing are answered at the agent's --durable-ack-timeout as an
+// unknown outcome (deadline_exceeded: in the WAL, not committed), never a
+// hang or an internal error; after the store recovers, throughput is back
+// to its pre-storm level within 10 s. TestS3StormDurableBound checks the
+// durable side in detail in less time.
 func TestS3Storm(t *testing.T) {
 	if testing.Short() {
 		t.Skip("two minutes of storm; not in -short")
@@ -120,19 +124,28 @@ func TestS3Storm(t *testing.T) {
 		if err := l.Stop(); err != nil {
 			t.Errorf("%s: stop producers: %v", topic, err)
 		}
-		// The producers retry 429s for 10 minutes: any error is one they
-		// should never have seen.
-		if n := l.Failed(); n > 0 {
-			fs := l.Failures()
-			t.Errorf("%s: %d records failed (producers should only ever see retried 429s), first: %v", topic, n, fs[:min(3, len(fs))])
+		// The producers retry 429s for 10 minutes. The only other error
+		// allowed is a durable write's unknown outcome at the ack bound.
+		var other []loadgen.Failure
+		unknown := 0
+		for _, f := range l.Failures() {
+			if topic == "sd" && errors.Is(f.Err, client.ErrUnknownOutcome) && connect.CodeOf(f.Err) == connect.CodeDeadlineExceeded {
+				unknown++
+				continue
+			}
+			other = append(other, f)
+		}
+		t.Logf("%s: %d records with an unknown outcome at the durable-ack bound", topic, unknown)
+		if len(other) > 0 {
+			t.Errorf("%s: %d records failed other than at the durable-ack bound (producers should see retried 429s), first: %v", topic, len(other), other[:min(3, len(other))])
 		}
 	}
 
 	codes := produceCodes(t, p.URL)
 	t.Logf("gateway Produce answers by code: %v; fault proxy: %+v", codes, px.Stats())
 	for code, n := range codes {
-		if code != "ok" && code != "resource_exhausted" && n > 0 {
-			t.Errorf("producers got %d answers with code %s; only ok and resource_exhausted (429) are allowed", n, code)
+		if code != "ok" && code != "resource_exhausted" && code != "deadline_exceeded" && n > 0 {
+			t.Errorf("producers got %d answers with code %s; only ok, resource_exhausted (429) and deadline_exceeded (the durable-ack bound) are allowed", n, code)
 		}
 	}
 	if codes["resource_exhausted"] == 0 {
