@@ -112,8 +112,9 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 		}
 	}
 	ops := make([]appendOp, len(entries))
+	sh := shedOnce{a: a}
 	for i, e := range entries {
-		ops[i] = a.prepareAppend(e, m.GetAcks(), refreshErr)
+		ops[i] = a.prepareAppend(e, m.GetAcks(), refreshErr, &sh)
 	}
 	a.appendAll(ctx, ops)
 	a.awaitCommits(ctx, ops)
@@ -134,7 +135,7 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 // refreshed the leases once if some partition was unknown; refreshErr is
 // that refresh's failure): the agent holds the partition under a live lease, the batch is sound and within the
 // topic's limit, and the agent can take the write now (shed).
-func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error) appendOp {
+func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error, sh *shedOnce) appendOp {
 	k := partKey{e.GetTopic(), e.GetPartition()}
 	p := a.partition(k)
 	switch {
@@ -172,8 +173,28 @@ func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error)
 			op.acks = v1.Acks_ACKS_WAL
 		}
 	}
-	op.err = a.shed(op.acks)
+	op.err = sh.shed(op.acks)
 	return op
+}
+
+// shedOnce asks Agent.shed once per acks level for one request, not once
+// per entry: its answer (the WAL backlog, the store's health) is the same
+// for every entry of a request, and a request may carry a thousand.
+type shedOnce struct {
+	a       *Agent
+	asked   [3]bool
+	answers [3]error
+}
+
+func (s *shedOnce) shed(acks v1.Acks) error {
+	i := int(acks)
+	if i < 0 || i >= len(s.asked) {
+		return s.a.shed(acks)
+	}
+	if !s.asked[i] {
+		s.asked[i], s.answers[i] = true, s.a.shed(acks)
+	}
+	return s.answers[i]
 }
 
 // appendAll assigns offsets to every entry that passed prepareAppend,
