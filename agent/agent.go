@@ -35,6 +35,7 @@ import (
 	"github.com/streamhouse/streamhouse/agent/wal"
 	v1 "github.com/streamhouse/streamhouse/api/gen/streamhouse/v1"
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/pkg/admission"
 	"github.com/streamhouse/streamhouse/pkg/objfile"
 	"github.com/streamhouse/streamhouse/pkg/objstore"
 	"github.com/streamhouse/streamhouse/pkg/objstore/guard"
@@ -199,7 +200,7 @@ type Agent struct {
 	// high watermark (cleared below the low one): writes get 429.
 	backpressure atomic.Bool
 	// inflight is the admission budget of Append requests (MaxInFlightBytes).
-	inflight inflight
+	inflight *admission.Budget
 
 	hbMu     sync.Mutex // serialises heartbeats
 	lastHB   time.Time  // when the last successful heartbeat was sent
@@ -278,7 +279,7 @@ func Open(ctx context.Context, cfg Config) (*Agent, error) {
 		cache: newSectionCache(cfg.CacheBytes), parts: map[partKey]*partition{},
 		flushNow: make(chan struct{}, 1), builder: objfile.NewBuilder(), closing: make(chan struct{}), drained: make(chan struct{}), uploadDone: make(chan struct{}),
 	}
-	a.inflight.limit = cfg.MaxInFlightBytes
+	a.inflight = admission.New(cfg.MaxInFlightBytes, func(held int64) { inflightBytes.Set(float64(held)) })
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	if st := w.Stats(); st.TruncatedBytes > 0 || st.QuarantinedSegments > 0 {
 		log.Warn("WAL recovery cut damaged data", "truncated_bytes", st.TruncatedBytes, "quarantined_segments", st.QuarantinedSegments)

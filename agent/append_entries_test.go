@@ -111,11 +111,7 @@ func TestAppendInFlightLimit(t *testing.T) {
 		_, err := appendB(ctx, a, "d", 0, mkBatch(t, "held", 1), v1.Acks_ACKS_DURABLE)
 		held <- err
 	}()
-	waitUntil(t, "the durable append is in flight", func() bool {
-		a.inflight.mu.Lock()
-		defer a.inflight.mu.Unlock()
-		return a.inflight.held > 0
-	})
+	waitUntil(t, "the durable append is in flight", func() bool { return a.inflight.Held() > 0 })
 	_, err := appendB(ctx, a, "w", 0, mkBatch(t, "refused", 1), v1.Acks_ACKS_WAL)
 	wantRefused(t, err, connect.CodeResourceExhausted, "append past the in-flight limit")
 	if rpcerr.RetryAfter(err) < time.Second {

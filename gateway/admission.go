@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"sync"
 	"time"
 
 	"connectrpc.com/connect"
@@ -22,65 +21,22 @@ var (
 	inflightRefused = metrics.NewCounter("streamhouse_gateway_inflight_refused_total")
 )
 
-// inflight bounds the bytes of produce requests the gateway holds at once,
-// from admission until their answer, so its memory follows
-// Config.MaxInFlightBytes rather than the offered load.
-type inflight struct {
-	limit int64
-
-	mu       sync.Mutex
-	held     int64
-	released int64
-	rateAt   time.Time
-	relAt    int64
-	rate     float64 // bytes/s released, last measured
-}
-
-// admit takes n bytes of the budget and returns the function that gives
-// them back, or a not-applied ResourceExhausted error with a Retry-After
-// when the budget is spent. A request larger than the whole budget is
-// admitted when nothing else is held, so it is never refused forever.
+// admit takes n bytes of the in-flight budget (Config.MaxInFlightBytes:
+// produce request bytes held from admission to answer) and returns the
+// function that gives them back, or a not-applied ResourceExhausted error
+// with a Retry-After when the budget is spent, so the gateway's memory
+// follows the limit rather than the offered load.
 func (g *Gateway) admit(n int) (release func(), err error) {
-	f := &g.inflight
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.held > 0 && f.held+int64(n) > f.limit {
-		wait := f.retryAfterLocked(time.Now())
-		inflightRefused.Inc()
-		ce := rpcerr.NotApplied(connect.CodeResourceExhausted, fmt.Errorf(
-			"gateway is overloaded: %d bytes of produce requests in flight, its limit is %d (--max-inflight-bytes); retry after %v",
-			f.held, f.limit, wait))
-		ce.Meta().Set(rpcerr.RetryAfterKey, strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
-		return nil, ce
+	release, held, wait := g.inflight.Admit(int64(n))
+	if release != nil {
+		return release, nil
 	}
-	f.held += int64(n)
-	inflightBytes.Set(float64(f.held))
-	return func() {
-		f.mu.Lock()
-		f.held -= int64(n)
-		f.released += int64(n)
-		inflightBytes.Set(float64(f.held))
-		f.mu.Unlock()
-	}, nil
-}
-
-// retryAfterLocked estimates how long the bytes now held take to drain, at
-// the release rate of about the last second; between 1 s (Retry-After's
-// resolution) and 5 s. Releases come in bursts (durable acks at each flush),
-// so a window without one says little: it gives the minimum, not the
-// maximum, or clients would sit idle long after the load has gone.
-func (f *inflight) retryAfterLocked(now time.Time) time.Duration {
-	if el := now.Sub(f.rateAt); el >= time.Second || f.rateAt.IsZero() {
-		if !f.rateAt.IsZero() {
-			f.rate = float64(f.released-f.relAt) / el.Seconds()
-		}
-		f.rateAt, f.relAt = now, f.released
-	}
-	wait := time.Second
-	if f.rate > 0 {
-		wait = time.Duration(float64(f.held) / f.rate * float64(time.Second))
-	}
-	return min(max(wait, time.Second), 5*time.Second)
+	inflightRefused.Inc()
+	ce := rpcerr.NotApplied(connect.CodeResourceExhausted, fmt.Errorf(
+		"gateway is overloaded: %d bytes of produce requests in flight, its limit is %d (--max-inflight-bytes); retry after %v",
+		held, g.inflight.Limit(), wait))
+	ce.Meta().Set(rpcerr.RetryAfterKey, strconv.FormatInt(int64((wait+time.Second-1)/time.Second), 10))
+	return nil, ce
 }
 
 // admittedKey marks a request's context when admitBodies has already taken

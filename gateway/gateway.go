@@ -29,6 +29,7 @@ import (
 	"connectrpc.com/connect"
 
 	"github.com/streamhouse/streamhouse/api/gen/streamhouse/v1/streamhousev1connect"
+	"github.com/streamhouse/streamhouse/pkg/admission"
 )
 
 // Limits and defaults.
@@ -96,7 +97,7 @@ type Gateway struct {
 	// rr picks the partition of a request's keyless records, round-robin.
 	rr atomic.Uint64
 	// inflight is the admission budget of produce requests.
-	inflight inflight
+	inflight *admission.Budget
 
 	stop context.CancelFunc
 	wg   sync.WaitGroup
@@ -134,7 +135,7 @@ func New(cfg Config) (*Gateway, error) {
 		cfg.MaxInFlightBytes = DefaultMaxInFlightBytes
 	}
 	g := &Gateway{cfg: cfg, log: cfg.Logger}
-	g.inflight.limit = cfg.MaxInFlightBytes
+	g.inflight = admission.New(cfg.MaxInFlightBytes, func(held int64) { inflightBytes.Set(float64(held)) })
 	g.routes = newRouteCache(cfg.Controller, cfg.RouteTTL)
 	if cfg.Routes != nil {
 		ctx, cancel := context.WithCancel(context.Background())
