@@ -212,6 +212,9 @@ type Agent struct {
 	// walScratch is the upload loop's buffer for reading WAL frames back
 	// (each is copied into the builder), kept for the same reason.
 	walScratch []byte
+	// flushStart is where (in the sorted partition list) the next flush
+	// begins when the last one ran out of FlushBytes. Upload loop only.
+	flushStart int
 
 	ctx     context.Context // cancelled by Close after the final flush
 	cancel  context.CancelFunc

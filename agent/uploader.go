@@ -120,8 +120,19 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 	var plans []uploadPlan
 	var corrupt []*partition // partitions whose next frame to upload is unreadable
 	budget := a.cfg.FlushBytes
-	for _, p := range parts {
+	// When more than FlushBytes wait, a flush takes partitions from where
+	// the last full one stopped, not always from the first: otherwise the
+	// partitions late in the order wait flush after flush, and a produce
+	// request, which carries many partitions and is acknowledged when all
+	// are committed, waits for the slowest.
+	start := 0
+	if n := len(parts); n > 0 {
+		start = a.flushStart % n
+	}
+	for k := range parts {
+		p := parts[(start+k)%len(parts)]
 		if budget <= 0 {
+			a.flushStart = (start + k - 1) % len(parts) // the one cut short goes first
 			break
 		}
 		p.mu.Lock()
