@@ -132,7 +132,7 @@ func (a *Agent) flushOnce(ctx context.Context) (int, error) {
 	for k := range parts {
 		p := parts[(start+k)%len(parts)]
 		if budget <= 0 {
-			a.flushStart = (start + k - 1) % len(parts) // the one cut short goes first
+			a.flushStart = (start + k) % len(parts) // the first one left out goes first
 			break
 		}
 		p.mu.Lock()
