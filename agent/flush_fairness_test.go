@@ -14,7 +14,7 @@ func TestFlushTakesPartitionsInTurn(t *testing.T) {
 	e := newEnv(t, walTopic("t", 2))
 	// No flush runs on its own (an hour's interval, 1 GiB to kick one), so
 	// the test's flushOnce calls are the upload loop's only work.
-	a := e.open(func(c *Config) { c.FlushInterval, c.FlushBytes = time.Hour, 1 << 30 })
+	a := e.open(func(c *Config) { c.FlushInterval, c.FlushBytes = time.Hour, 1<<30 })
 	for _, p := range []int32{0, 1} {
 		for range 3 {
 			mustAppend(t, a, "t", p, "x", 50, v1.Acks_ACKS_WAL)
