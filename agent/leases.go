@@ -118,9 +118,23 @@ func (a *Agent) heartbeat(ctx context.Context, initial bool) error {
 		}
 	}
 	for k, p := range a.parts {
-		if !granted[k] {
-			a.dropLocked(k, p, errLeaseLost)
+		if granted[k] {
+			continue
 		}
+		p.mu.Lock()
+		settled := p.committedEnd >= p.walEnd
+		p.mu.Unlock()
+		if settled {
+			// Nothing uncommitted is lost (the topic was deleted, or the
+			// partition moved after its last commit): the reason says so
+			// rather than warn of a loss that did not happen. An append
+			// racing this still fails with errLeaseLost, true for it.
+			a.log.Warn("dropped partition", "partition", k.String(),
+				"reason", "the partition's lease ended (it moved, or its topic was deleted); everything the agent held of it was committed")
+			a.forgetLocked(k, p, errLeaseLost)
+			continue
+		}
+		a.dropLocked(k, p, errLeaseLost)
 	}
 	if initial {
 		for _, ps := range a.wal.Partitions() {
@@ -220,11 +234,19 @@ func (a *Agent) adopt(k partKey, l *v1.Lease, ws wal.PartitionState) *partition 
 	return newPartition(k, l, walEnd)
 }
 
-// dropLocked forgets a partition the agent no longer holds. a.mu is held.
+// dropLocked forgets a partition the agent no longer holds, with a warning
+// that says why. a.mu is held.
 func (a *Agent) dropLocked(k partKey, p *partition, why error) {
+	a.log.Warn("dropped partition", "partition", k.String(), "reason", why.Error())
+	a.forgetLocked(k, p, why)
+}
+
+// forgetLocked forgets a partition the agent no longer holds: its waiters
+// and later appends fail with why, and its WAL data is forgotten. a.mu is
+// held.
+func (a *Agent) forgetLocked(k partKey, p *partition, why error) {
 	delete(a.parts, k)
 	p.fail(why)
-	a.log.Warn("dropped partition", "partition", k.String(), "reason", why.Error())
 	// Hold appendMu so no append of ours slips into the WAL after Forget.
 	p.appendMu.Lock()
 	defer p.appendMu.Unlock()
