@@ -49,6 +49,12 @@ func (a *Agent) notHolder(k partKey) error {
 	return rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s is not the lease holder of partition %s", a.cfg.ID, k))
 }
 
+// noLongerHeld is the refusal for a partition this agent held until it was
+// dropped (lease lost, fenced, WAL failed): nothing of the write was done.
+func (a *Agent) noLongerHeld(k partKey) error {
+	return rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, k))
+}
+
 // noController is the refusal for a partition the agent could not look up
 // because the controller did not answer its lease refresh.
 func noController(k partKey, err error) error {

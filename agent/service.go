@@ -64,8 +64,8 @@ type appendOp struct {
 }
 
 // Append appends every entry of the request in one WAL group commit (the
-// entries are enqueued back to back, so the writer's group takes them
-// together) and answers each entry on its own. See the package doc for which
+// entries are enqueued together with WAL.AppendAll, so the writer's group
+// takes them at once) and answers each entry on its own. See the package doc for which
 // errors are safe to retry; a per-entry error follows the same rules.
 func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendRequest]) (*connect.Response[v1.AppendResponse], error) {
 	a := s.a
@@ -131,10 +131,11 @@ func (s service) Append(ctx context.Context, req *connect.Request[v1.AppendReque
 	return connect.NewResponse(out), nil
 }
 
-// prepareAppend checks one entry before anything is written (after Append
+// prepareAppend checks one entry before anything is written: the agent
+// holds the partition under a live lease, the batch is sound and within the
+// topic's limit, and the agent can take the write now (shed). Append has
 // refreshed the leases once if some partition was unknown; refreshErr is
-// that refresh's failure): the agent holds the partition under a live lease, the batch is sound and within the
-// topic's limit, and the agent can take the write now (shed).
+// that refresh's failure.
 func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error, sh *shedOnce) appendOp {
 	k := partKey{e.GetTopic(), e.GetPartition()}
 	p := a.partition(k)
@@ -156,7 +157,7 @@ func (a *Agent) prepareAppend(e *v1.AppendEntry, acks v1.Acks, refreshErr error,
 	p.mu.Unlock()
 	switch {
 	case perr != nil:
-		op.err = rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+		op.err = a.noLongerHeld(p.key)
 		return op
 	case !time.Now().Before(until):
 		op.err = rpcerr.NotApplied(connect.CodeUnavailable, fmt.Errorf("partition %s: lease is not renewed (controller unreachable?); retry", p.key))
@@ -198,7 +199,7 @@ func (s *shedOnce) shed(acks v1.Acks) error {
 }
 
 // appendAll assigns offsets to every entry that passed prepareAppend,
-// enqueues them on the WAL back to back (one group commit, one fsync), and
+// enqueues them on the WAL together (one group commit, one fsync), and
 // waits for the fsync.
 func (a *Agent) appendAll(ctx context.Context, ops []appendOp) {
 	// Close waits for appends between here and the end of their WAL wait
@@ -241,7 +242,7 @@ func (a *Agent) appendAll(ctx context.Context, ops []appendOp) {
 		p.mu.Unlock()
 		if perr != nil {
 			p.appendMu.Unlock()
-			op.err = rpcerr.NotApplied(connect.CodeFailedPrecondition, fmt.Errorf("agent %s no longer holds partition %s", a.cfg.ID, p.key))
+			op.err = a.noLongerHeld(p.key)
 			continue
 		}
 		op.base = p.nextOffset
