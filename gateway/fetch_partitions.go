@@ -157,29 +157,14 @@ func parseFetchPartitions(m *v1.FetchPartitionsRequest) ([]*fetchPart, int32, er
 // resolveFetchRoutes looks up the routes of every topic of parts once and
 // checks each partition against its topic; failures are the partitions' own.
 func (g *Gateway) resolveFetchRoutes(ctx context.Context, parts []*fetchPart) {
-	type resolved struct {
-		rt  *topicRoutes
-		err error
-	}
-	topics := map[string]resolved{}
+	lookup := g.newTopicLookup()
 	for _, fp := range parts {
-		name := fp.req.GetTopic()
-		r, ok := topics[name]
-		if !ok {
-			if r.err = validateTopic(name); r.err == nil {
-				r.rt, r.err = g.routes.get(ctx, name)
-			}
-			topics[name] = r
-		}
-		if r.err != nil {
-			fp.err = r.err
-			continue
-		}
-		if err := r.rt.checkPartition(fp.req.GetPartition()); err != nil {
+		rt, err := lookup.partition(ctx, fp.req.GetTopic(), fp.req.GetPartition())
+		if err != nil {
 			fp.err = err
 			continue
 		}
-		fp.rt = r.rt
+		fp.rt = rt
 	}
 }
 
@@ -292,7 +277,7 @@ func (g *Gateway) readAgent(ctx, waitCtx context.Context, ar *agentRead, maxWait
 // error.
 func (g *Gateway) refreshForRetry(ctx context.Context, parts []*fetchPart) []*fetchPart {
 	var retry []*fetchPart
-	fresh := map[*topicRoutes]*topicRoutes{}
+	refresher := g.newRouteRefresher()
 	for _, fp := range parts {
 		err := fp.err
 		if e := fp.res.GetError(); err == nil && e != nil {
@@ -301,15 +286,7 @@ func (g *Gateway) refreshForRetry(ctx context.Context, parts []*fetchPart) []*fe
 		if err == nil || fp.rt == nil || !retryable(err) {
 			continue
 		}
-		rt, ok := fresh[fp.rt]
-		if !ok {
-			g.log.DebugContext(ctx, "refreshing routes after agent error", "topic", fp.rt.info.GetName(), "partition", fp.req.GetPartition(), "err", err)
-			var rerr error
-			if rt, rerr = g.routes.refresh(ctx, fp.rt.info.GetName(), fp.rt); rerr != nil {
-				rt = nil
-			}
-			fresh[fp.rt] = rt
-		}
+		rt := refresher.refresh(ctx, fp.rt, fp.req.GetPartition(), err)
 		if rt == nil || rt.checkPartition(fp.req.GetPartition()) != nil {
 			continue // keep the first error
 		}

@@ -188,8 +188,7 @@ func (g *Gateway) batchEntries(ctx context.Context, batches []*v1.ProduceBatch) 
 		part  int32
 	}
 	seen := make(map[key]struct{}, len(batches))
-	routes := map[string]*topicRoutes{}
-	routeErrs := map[string]error{}
+	lookup := g.newTopicLookup()
 	entries := make([]*entry, len(batches))
 	for i, b := range batches {
 		if b == nil {
@@ -202,22 +201,14 @@ func (g *Gateway) batchEntries(ctx context.Context, batches []*v1.ProduceBatch) 
 		seen[k] = struct{}{}
 		e := &entry{partition: b.GetPartition(), batch: b.GetBatch()}
 		entries[i] = e
-		if err := validateTopic(b.GetTopic()); err != nil {
-			e.rt, e.err = &topicRoutes{info: &v1.TopicInfo{Name: b.GetTopic()}}, err
-			continue
-		}
-		rt, ok := routes[k.topic]
-		if !ok && routeErrs[k.topic] == nil {
-			var err error
-			rt, err = g.routes.get(ctx, k.topic)
-			routes[k.topic], routeErrs[k.topic] = rt, err
-		}
-		if err := routeErrs[k.topic]; err != nil {
+		rt, err := lookup.partition(ctx, k.topic, k.part)
+		if rt == nil {
+			// Routes that only name the topic, for the entry's result.
 			e.rt, e.err = &topicRoutes{info: &v1.TopicInfo{Name: k.topic}}, err
 			continue
 		}
 		e.rt = rt
-		if err := rt.checkPartition(e.partition); err != nil {
+		if err != nil {
 			e.err = err
 			continue
 		}
@@ -347,21 +338,12 @@ func (g *Gateway) appendEntries(ctx context.Context, entries []*entry, acks v1.A
 		// Refresh each stale topic once and retry its refused entries.
 		sent := todo
 		todo = nil
-		fresh := map[*topicRoutes]*topicRoutes{}
+		refresher := g.newRouteRefresher()
 		for _, e := range sent {
 			if e.err == nil || !retryable(e.err) {
 				continue
 			}
-			rt, ok := fresh[e.rt]
-			if !ok {
-				g.log.DebugContext(ctx, "refreshing routes after agent refusal", "topic", e.topic(), "partition", e.partition, "err", e.err)
-				var err error
-				rt, err = g.routes.refresh(ctx, e.topic(), e.rt)
-				if err != nil {
-					rt = nil
-				}
-				fresh[e.rt] = rt
-			}
+			rt := refresher.refresh(ctx, e.rt, e.partition, e.err)
 			if rt == nil {
 				continue // keep the refusal: the client retries
 			}

@@ -236,3 +236,66 @@ func (g *Gateway) tryAgent(rt *topicRoutes, p int32, fn func(streamhousev1connec
 	}
 	return upstream(err)
 }
+
+// topicLookup resolves each topic a multi-partition request names once (its
+// name checked, its routes from the cache or the controller), and each
+// partition against it. Errors are the partition's, not the request's.
+type topicLookup struct {
+	g      *Gateway
+	topics map[string]topicLookupResult
+}
+
+type topicLookupResult struct {
+	rt  *topicRoutes
+	err error
+}
+
+func (g *Gateway) newTopicLookup() *topicLookup {
+	return &topicLookup{g: g, topics: map[string]topicLookupResult{}}
+}
+
+// partition returns the routes of topic and whether p is one of its
+// partitions: routes with a nil error, routes with the InvalidArgument of a
+// partition out of range, or nil routes with the topic's error (a bad name,
+// NotFound, the controller unreachable).
+func (l *topicLookup) partition(ctx context.Context, topic string, p int32) (*topicRoutes, error) {
+	r, ok := l.topics[topic]
+	if !ok {
+		if r.err = validateTopic(topic); r.err == nil {
+			r.rt, r.err = l.g.routes.get(ctx, topic)
+		}
+		l.topics[topic] = r
+	}
+	if r.err != nil {
+		return nil, r.err
+	}
+	return r.rt, r.rt.checkPartition(p)
+}
+
+// routeRefresher refreshes, for the retry of a multi-partition request, the
+// routes of each topic an agent's refusal showed stale, once per topic.
+type routeRefresher struct {
+	g     *Gateway
+	fresh map[*topicRoutes]*topicRoutes
+}
+
+func (g *Gateway) newRouteRefresher() *routeRefresher {
+	return &routeRefresher{g: g, fresh: map[*topicRoutes]*topicRoutes{}}
+}
+
+// refresh returns routes newer than stale, or nil when they could not be
+// had (the caller keeps the refusal it had). partition and cause are for the
+// log line.
+func (r *routeRefresher) refresh(ctx context.Context, stale *topicRoutes, partition int32, cause error) *topicRoutes {
+	rt, ok := r.fresh[stale]
+	if !ok {
+		name := stale.info.GetName()
+		r.g.log.DebugContext(ctx, "refreshing routes after agent refusal", "topic", name, "partition", partition, "err", cause)
+		var err error
+		if rt, err = r.g.routes.refresh(ctx, name, stale); err != nil {
+			rt = nil
+		}
+		r.fresh[stale] = rt
+	}
+	return rt
+}
